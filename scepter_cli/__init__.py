@@ -1,0 +1,1 @@
+"""The `scepter` command line (Typer + Rich). No ML logic lives here."""

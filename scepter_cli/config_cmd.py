@@ -1,0 +1,58 @@
+"""`scepter config template|show|validate`."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from .common import ImportOpt, SetOpt, console, load_config
+
+app = typer.Typer(help='Config templates, resolved configs and validation.', no_args_is_help=True)
+
+
+@app.command()
+def template(name: str = typer.Argument(..., help='Registered class, e.g. FrozenCLIPEmbedder.'),
+             registry: Optional[str] = typer.Option(None, '--registry', '-r', help='Registry to look in.'),
+             imports: Optional[list[str]] = ImportOpt) -> None:
+    """Print a commented YAML template for a registered class.
+
+    Example: [cyan]scepter config template FrozenCLIPEmbedder[/cyan]
+    """
+    from scepter_core.imports import import_user_code
+    from scepter_core.registry import find_class
+    import_user_code(list(imports or []))
+    reg, cls = find_class(name, registry.upper() if registry else None)
+    if not isinstance(cls, type):
+        typer.echo(f'{reg.name}:\n  NAME: {name}\n')
+        return
+    typer.echo(cls.get_config_template(), nl=False)
+
+
+@app.command()
+def show(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file (YAML or JSON).'),
+         overrides: Optional[list[str]] = SetOpt, imports: Optional[list[str]] = ImportOpt) -> None:
+    """Print the resolved config: bases merged, environment substituted, overrides applied.
+
+    Example: [cyan]scepter config show --cfg examples/tiny_shapes.yaml --set SOLVER.MAX_STEPS=10[/cyan]
+    """
+    from rich.syntax import Syntax
+    config = load_config(cfg, overrides, imports)
+    console.print(Syntax(config.to_yaml(mask_secrets=True), 'yaml', background_color='default'))
+
+
+@app.command()
+def validate(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file (YAML or JSON).'),
+             overrides: Optional[list[str]] = SetOpt, imports: Optional[list[str]] = ImportOpt) -> None:
+    """Check every block against its class, without loading weights or data.
+
+    Exit 0 when valid; otherwise one line per problem and exit 2.
+    Example: [cyan]scepter config validate --cfg recipe.yaml[/cyan]
+    """
+    from scepter_core.validate import validate_recipe
+    config = load_config(cfg, overrides, imports)
+    problems = validate_recipe(config)
+    if problems:
+        for p in problems:
+            typer.echo(p, err=True)
+        raise typer.Exit(2)
+    console.print(f'[green]ok[/green]: {cfg} is valid')

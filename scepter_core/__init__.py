@@ -1,0 +1,36 @@
+"""scepter core: registries, configs, and every registered building block.
+
+Light names (registries, Config) import at once; heavier ones (torch-based bases,
+`we`, `FS`) load on first access so that tools importing this package stay fast."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import Config
+from .errors import BuildError, CheckpointError, ConfigError, RegistryError, ScepterError
+from .registry import (BACKBONES, DATASETS, DIFFUSION_SAMPLERS, DIFFUSIONS, EMBEDDERS, FILE_SYSTEMS,
+                       HOOKS, LOSSES, LR_SCHEDULERS, METRICS, MODELS, NOISE_SCHEDULES, OPTIMIZERS,
+                       REGISTRIES, SAMPLERS, SOLVERS, TOKENIZERS, TRANSFORMS, TUNERS, Registry, build)
+
+__version__ = '0.1.0'
+
+_LAZY = {
+    'dict_to_yaml': 'scepter_core.base', 'BaseObject': 'scepter_core.base',
+    'get_logger': 'scepter_core.base',
+    'we': 'scepter_core.env', 'FS': 'scepter_core.fs',
+    'TrainModule': 'scepter_core.models.base', 'BaseModel': 'scepter_core.models.base',
+    'BaseEmbedder': 'scepter_core.models.embedders.base',
+    'BaseSolver': 'scepter_core.solvers.base',
+    'BaseHook': 'scepter_core.hooks.base',
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'scepter_core' has no attribute '{name}'")
+
+
+__all__ = ['Config', 'Registry', 'build', 'REGISTRIES', 'ScepterError', 'ConfigError', 'RegistryError',
+           'BuildError', 'CheckpointError', *[r for r in REGISTRIES], *_LAZY]

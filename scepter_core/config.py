@@ -1,0 +1,288 @@
+"""Config: YAML/JSON loading with `_BASE` inheritance, `${ENV}` substitution,
+dotted overrides and YAML dumping. Validation against declared parameters lives
+in `params.py`; this module knows nothing about classes."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+BASE_KEYS = ('_BASE', '_BASE_RUN', '_BASE_MODEL')
+REPLACE_KEY = '_REPLACE'  # `_REPLACE: true` in a block: replace the base's block, do not merge
+SECRET_PARTS = ('TOKEN', 'SECRET', 'PASSWORD', '_AK', '_SK')
+_ENV_RE = re.compile(r'\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}')
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loader that reads `1e-8` as a float (YAML 1.1 would keep a string)."""
+
+
+_Loader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$''', re.X), list('-+0123456789.'))
+
+
+def parse_scalar(text: str) -> Any:
+    """Parse an override or env value the way YAML would (`10`, `1e-4`, `[1,2]`, `null`)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+def _wrap(value: Any) -> Any:
+    if isinstance(value, Config):
+        return value
+    if isinstance(value, Mapping):
+        return Config(value)
+    if isinstance(value, (list, tuple)):
+        return [_wrap(v) for v in value]
+    return value
+
+
+def _set_path(value: Any, path: str) -> None:
+    if isinstance(value, Config):
+        object.__setattr__(value, '_path', path)
+        for k, v in value.items():
+            _set_path(v, f'{path}.{k}')
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _set_path(v, f'{path}.{i}')
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class Config(dict):
+    """A dict with attribute access: `cfg.SOLVER.MODEL.NAME`, `cfg['SOLVER']`.
+
+    `Config(mapping)` wraps a dict; `Config.load(path)` reads a file. Scepter's
+    spelling `Config(cfg_dict=..., load=False)` and `Config(cfg_file=...)` work too.
+    """
+
+    def __init__(self, data: Mapping | None = None, *, cfg_dict: Mapping | None = None,
+                 cfg_file: str | os.PathLike | None = None, load: bool = True, **_: Any):
+        super().__init__()
+        if cfg_file is not None and load:
+            data = _load_tree(Path(cfg_file))
+        for k, v in dict(data or cfg_dict or {}).items():
+            self[k] = v
+
+    # ---- access -------------------------------------------------------------
+    def __setitem__(self, key: str, value: Any) -> None:
+        value = _wrap(value)
+        _set_path(value, f'{self.path}.{key}' if self.path else str(key))
+        super().__setitem__(key, value)
+
+    @property
+    def path(self) -> str:
+        """Dotted location of this block in the config it was loaded in ('' at the root)."""
+        return self.__dict__.get('_path', '')
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"config has no key '{key}' (keys: {', '.join(self) or 'none'})") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+    def __delattr__(self, key: str) -> None:
+        del self[key]
+
+    def __deepcopy__(self, memo: dict) -> 'Config':
+        return Config(copy.deepcopy(_plain(self), memo))
+
+    def __reduce__(self):
+        return (Config, (_plain(self),))
+
+    def have(self, key: str) -> bool:
+        return key in self
+
+    def deepcopy(self) -> 'Config':
+        return copy.deepcopy(self)
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+    def get_path(self, path: str, default: Any = None) -> Any:
+        """Read a dotted path such as `SOLVER.TRAIN_HOOKS.1.NAME`."""
+        node: Any = self
+        for part in path.split('.'):
+            try:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            except (KeyError, IndexError, ValueError, TypeError):
+                return default
+        return node
+
+    def set(self, path: str, value: Any) -> None:
+        """Set a dotted path; list elements by index; missing mappings are created."""
+        parts = path.split('.')
+        node: Any = self
+        for i, part in enumerate(parts[:-1]):
+            node = _step(node, part, parts[:i + 1], create=True)
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _index(node, last, parts)
+            node[idx] = _wrap(value)
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"cannot set '{path}': '{'.'.join(parts[:-1])}' is {type(node).__name__}, not a block")
+
+    # ---- files ---------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike, overrides: Iterable[str] = ()) -> 'Config':
+        cfg = cls(_load_tree(Path(path)))
+        apply_overrides(cfg, overrides)
+        return cfg
+
+    def to_yaml(self, mask_secrets: bool = False) -> str:
+        data = _mask(self.to_dict()) if mask_secrets else self.to_dict()
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=None)
+
+    def dump(self, path: str | os.PathLike) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(self.to_yaml())
+
+    def __repr__(self) -> str:
+        return f'Config({dict.__repr__(self)})'
+
+
+def _index(node: list, part: str, parts: list[str]) -> int:
+    try:
+        idx = int(part)
+        node[idx]
+        return idx
+    except (ValueError, IndexError):
+        raise ConfigError(f"'{'.'.join(parts)}': index '{part}' is not valid for a list of "
+                          f"{len(node)} items") from None
+
+
+def _step(node: Any, part: str, parts: list[str], create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, parts)]
+    if isinstance(node, dict):
+        if part not in node or node[part] is None:
+            if not create:
+                raise ConfigError(f"no key '{'.'.join(parts)}'")
+            node[part] = Config()
+        return node[part]
+    raise ConfigError(f"'{'.'.join(parts[:-1])}' is {type(node).__name__}, not a block")
+
+
+def _mask(value: Any, key: str = '') -> Any:
+    if isinstance(value, dict):
+        return {k: _mask(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v, key) for v in value]
+    if value and any(p in key.upper() for p in SECRET_PARTS):
+        return '***'
+    return value
+
+
+# ---- loading -------------------------------------------------------------------
+
+def _read_file(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: '{path}'")
+    text = path.read_text()
+    try:
+        if path.suffix == '.json':
+            return json.loads(text)
+        return yaml.load(text, Loader=_Loader) or {}
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        first = str(e).strip().splitlines()
+        raise ConfigError(f"cannot parse '{path}': {' '.join(first[:3])}") from e
+
+
+def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config inheritance loops: {' -> '.join(str(p) for p in seen + (path,))}")
+    data = _read_file(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{path}' must hold a mapping at the top, not {type(data).__name__}")
+    data = _resolve_bases(data, path, seen + (path,))
+    return substitute_env(data)
+
+
+def _resolve_bases(node: Any, path: Path, seen: tuple[Path, ...]) -> Any:
+    """Expand `_BASE*` keys at any depth: the named file is the base of that block."""
+    if isinstance(node, list):
+        return [_resolve_bases(v, path, seen) for v in node]
+    if not isinstance(node, dict):
+        return node
+    bases = [node[k] for k in BASE_KEYS if k in node]
+    child = {k: _resolve_bases(v, path, seen) for k, v in node.items() if k not in BASE_KEYS}
+    merged: dict = {}
+    for base in bases:
+        for ref in base if isinstance(base, list) else [base]:
+            merged = merge(merged, _load_tree(path.parent / str(ref), seen))
+    return merge(merged, child) if bases else child
+
+
+def merge(base: Any, child: Any) -> Any:
+    """Recursive merge, child wins; a child block with `_REPLACE: true` replaces the base block."""
+    if isinstance(child, dict):
+        child = dict(child)
+        if child.pop(REPLACE_KEY, False) or not isinstance(base, dict):
+            return {k: merge(None, v) for k, v in child.items()}
+        out = dict(base)
+        for k, v in child.items():
+            out[k] = merge(base.get(k), v)
+        return out
+    return child
+
+
+def substitute_env(node: Any, path: str = '') -> Any:
+    """Replace `${VAR}` and `${VAR:default}`; a value that is one whole reference is re-parsed."""
+    if isinstance(node, dict):
+        return {k: substitute_env(v, f'{path}.{k}' if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [substitute_env(v, f'{path}.{i}') for i, v in enumerate(node)]
+    if not isinstance(node, str) or '${' not in node:
+        return node
+
+    def one(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"'{path}': environment variable '{name}' is not set and has no default "
+                          f"(write ${{{name}:value}})")
+
+    whole = _ENV_RE.fullmatch(node)
+    out = _ENV_RE.sub(one, node)
+    return parse_scalar(out) if whole else out
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
+    """Apply `KEY.PATH=value` strings; values are parsed as YAML scalars or lists."""
+    for item in overrides or ():
+        if '=' not in item:
+            raise ConfigError(f"bad override '{item}': expected KEY.PATH=VALUE, e.g. SOLVER.MAX_STEPS=10")
+        key, text = item.split('=', 1)
+        key = key.strip()
+        if not key or any(not p for p in key.split('.')):
+            raise ConfigError(f"bad override '{item}': empty key segment")
+        cfg.set(key, parse_scalar(text))
+    return cfg

@@ -1,0 +1,1 @@
+"""Built-in convert; importing this package registers them."""

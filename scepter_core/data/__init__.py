@@ -1,0 +1,1 @@
+"""Built-in data; importing this package registers them."""

@@ -1,0 +1,1 @@
+"""Built-in diffusion; importing this package registers them."""

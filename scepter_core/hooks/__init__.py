@@ -1,0 +1,1 @@
+"""Built-in hooks; importing this package registers them."""

@@ -1,0 +1,1 @@
+"""Condition embedders (text encoders)."""

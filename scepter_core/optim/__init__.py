@@ -1,0 +1,1 @@
+"""Built-in optim; importing this package registers them."""

@@ -1,0 +1,167 @@
+"""Declared parameters (`para_dict`): one declaration per class fills defaults,
+validates user configs and generates templates, so a default lives in one place.
+
+An entry is `KEY: {'value': default, 'description': str}` with optional
+`'type'` (a type or tuple; otherwise inferred from a non-None default),
+`'choices'` (allowed values) and `'registry'` (the key holds a block, or a list
+of blocks, built from that registry, validated recursively)."""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config
+from .errors import ConfigError, did_you_mean
+
+ALWAYS_ALLOWED = ('NAME',)
+_TYPE_NAMES = {bool: 'bool', int: 'int', float: 'float', str: 'str', list: 'list', dict: 'block'}
+
+
+@dataclass
+class Param:
+    default: Any = None
+    description: str = ''
+    type: Any = None
+    choices: tuple | None = None
+    registry: str | None = None
+
+    @property
+    def types(self) -> tuple:
+        if self.type is not None:
+            t = self.type if isinstance(self.type, tuple) else (self.type,)
+        elif self.default is not None:
+            t = (type(self.default),)
+        else:
+            return ()
+        out = []
+        for x in t:
+            out += {float: [float, int], tuple: [list, tuple], list: [list, tuple],
+                    Config: [dict], dict: [dict]}.get(x, [x])
+        return tuple(out)
+
+    def type_name(self) -> str:
+        t = self.type if self.type is not None else (type(self.default) if self.default is not None else None)
+        if t is None:
+            return 'any'
+        ts = t if isinstance(t, tuple) else (t,)
+        return ' | '.join(_TYPE_NAMES.get(x, getattr(x, '__name__', str(x))) for x in ts)
+
+
+def _as_param(entry: Any) -> Param:
+    if isinstance(entry, Param):
+        return entry
+    if isinstance(entry, dict) and ('value' in entry or 'description' in entry):
+        return Param(default=entry.get('value'), description=entry.get('description', ''),
+                     type=entry.get('type'), choices=tuple(entry['choices']) if entry.get('choices') else None,
+                     registry=entry.get('registry'))
+    return Param(default=entry)
+
+
+def declared_params(cls: type) -> dict[str, Param]:
+    """All parameters of a class: its own `para_dict` over those of its bases."""
+    out: dict[str, Param] = {}
+    for klass in reversed(cls.__mro__):
+        own = klass.__dict__.get('para_dict')
+        if isinstance(own, dict):
+            # Scepter classes sometimes nest their dict under the registry name.
+            if len(own) == 1 and isinstance(next(iter(own.values())), dict) and \
+                    next(iter(own)).isupper() and 'value' not in next(iter(own.values())) and \
+                    all(isinstance(v, dict) for v in next(iter(own.values())).values()):
+                own = next(iter(own.values()))
+            for k, v in own.items():
+                out[k] = _as_param(v)
+    return out
+
+
+def strict_default() -> bool:
+    return os.environ.get('SCEPTER_STRICT', '1').lower() not in ('0', 'false', 'no')
+
+
+def _type_ok(value: Any, p: Param) -> bool:
+    if value is None or not p.types:
+        return True
+    if isinstance(value, bool) and bool not in p.types:
+        return False
+    return isinstance(value, p.types)
+
+
+def fill_defaults(cls: type, cfg: Config) -> Config:
+    """Fill missing keys in place from the class's declaration."""
+    for key, p in declared_params(cls).items():
+        if key not in cfg:
+            cfg[key] = copy.deepcopy(p.default)
+    return cfg
+
+
+def check_config(cls: type, cfg: Config, path: str = '', strict: bool | None = None,
+                 logger: logging.Logger | None = None) -> list[str]:
+    """Problems with `cfg` against `cls`'s declaration, one line each (nothing is built)."""
+    strict = strict_default() if strict is None else strict
+    params = declared_params(cls)
+    where = path or cls.__name__
+    problems: list[str] = []
+    unknown_ok = not getattr(cls, 'strict_keys', True)
+    for key, value in cfg.items():
+        kpath = f'{path}.{key}' if path else key
+        if key in ALWAYS_ALLOWED or str(key).startswith('_'):
+            continue
+        if key not in params:
+            if unknown_ok:
+                continue
+            msg = (f"'{kpath}': unknown key for {cls.__name__}." + did_you_mean(key, params) +
+                   f" Valid keys: {', '.join(sorted(params)) or 'none'}")
+            if strict:
+                problems.append(msg)
+            elif logger:
+                logger.warning(msg)
+            continue
+        p = params[key]
+        if not _type_ok(value, p):
+            problems.append(f"'{kpath}': expected {p.type_name()}, got {type(value).__name__} {value!r}")
+            continue
+        if p.choices and value is not None and value not in p.choices:
+            problems.append(f"'{kpath}': {value!r} is not one of {', '.join(map(repr, p.choices))}")
+        if p.registry and value:
+            problems += check_blocks(p.registry, value, kpath, strict, logger)
+    return problems
+
+
+def check_blocks(registry_name: str, value: Any, path: str, strict: bool | None = None,
+                 logger: logging.Logger | None = None) -> list[str]:
+    """Validate a block or a list of blocks of `registry_name`, recursively."""
+    from .registry import REGISTRIES
+    reg = REGISTRIES[registry_name]
+    blocks = value if isinstance(value, list) else [value]
+    problems: list[str] = []
+    for i, block in enumerate(blocks):
+        bpath = f'{path}.{i}' if isinstance(value, list) else path
+        if isinstance(block, str):  # some keys accept a path instead of a block (e.g. a trained tuner)
+            continue
+        if not isinstance(block, dict):
+            problems.append(f"'{bpath}': expected a block with NAME, got {type(block).__name__} {block!r}")
+            continue
+        if 'NAME' not in block:
+            problems.append(f"'{bpath}': block has no NAME ({registry_name} entries: "
+                            f"{', '.join(sorted(reg.names())[:8])}...)")
+            continue
+        try:
+            target = reg.get(block['NAME'])
+        except ConfigError as e:
+            problems.append(f"'{bpath}.NAME': {e}")
+            continue
+        if isinstance(target, type):
+            problems += check_config(target, block, bpath, strict, logger)
+    return problems
+
+
+def prepare_config(cls: type, cfg: Config | dict, path: str = '', strict: bool | None = None,
+                   logger: logging.Logger | None = None) -> Config:
+    """Validate then fill defaults; raise one ConfigError listing every problem."""
+    cfg = cfg if isinstance(cfg, Config) else Config(cfg)
+    problems = check_config(cls, cfg, path, strict, logger)
+    if problems:
+        raise ConfigError('\n'.join(problems))
+    return fill_defaults(cls, cfg)

@@ -1,0 +1,161 @@
+"""Registries and the single build function. Every registry is declared here."""
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Callable, Iterator
+
+from .config import Config
+from .errors import BuildError, ConfigError, RegistryError, ScepterError, did_you_mean
+from .params import prepare_config
+
+
+def _origin(obj: Any) -> str:
+    return f'{obj.__module__}.{obj.__qualname__}'
+
+
+class Registry:
+    """A name -> class (or function) table. `build(cfg)` constructs `cfg.NAME`."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._items: dict[str, Any] = {}
+        self._aliases: dict[str, str] = {}
+
+    # ---- registration ------------------------------------------------------------
+    def _add(self, obj: Any, name: str | None, force: bool, aliases: tuple[str, ...]) -> Any:
+        for key in (name or obj.__name__, *aliases):
+            old = self._items.get(key) or self._items.get(self._aliases.get(key, ''))
+            if old is not None and old is not obj and _origin(old) != _origin(obj) and not force:
+                raise RegistryError(f"{self.name}: '{key}' is already registered by {_origin(old)}; "
+                                    f"{_origin(obj)} cannot take it (pass force=True to replace)")
+        self._items[name or obj.__name__] = obj
+        for a in aliases:
+            self._aliases[a] = name or obj.__name__
+        return obj
+
+    def register_class(self, name: str | None = None, force: bool = False,
+                       aliases: tuple[str, ...] = ()) -> Callable[[type], type]:
+        def deco(cls: type) -> type:
+            return self._add(cls, name, force, tuple(aliases))
+        return deco
+
+    def register_function(self, name: str | None = None, force: bool = False,
+                          aliases: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+        def deco(fn: Callable) -> Callable:
+            return self._add(fn, name, force, tuple(aliases))
+        return deco
+
+    # ---- lookup ------------------------------------------------------------------
+    def names(self) -> list[str]:
+        _load_builtins()
+        return sorted(self._items)
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+    def __contains__(self, name: str) -> bool:
+        _load_builtins()
+        return name in self._items or name in self._aliases
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def get(self, name: str) -> Any:
+        if name not in self._items and name not in self._aliases:
+            _load_builtins()
+        key = self._aliases.get(name, name)
+        if key not in self._items:
+            raise RegistryError(f"{self.name} has no entry '{name}'." +
+                                did_you_mean(str(name), list(self._items) + list(self._aliases)) +
+                                f" ({len(self._items)} registered: `scepter registry list {self.name}`)")
+        return self._items[key]
+
+    def build(self, cfg: Config | dict, logger: logging.Logger | None = None, **kwargs: Any) -> Any:
+        return build(self, cfg, logger=logger, **kwargs)
+
+    def __repr__(self) -> str:
+        return f'Registry({self.name}, {len(self._items)} entries)'
+
+
+def build(registry: Registry, cfg: Config | dict | None, logger: logging.Logger | None = None,
+          **kwargs: Any) -> Any:
+    """Resolve `cfg.NAME`, validate and fill defaults, then call `Class(cfg, logger=logger, **kwargs)`.
+    A registered function is called the same way."""
+    if cfg is None:
+        raise ConfigError(f'{registry.name}: no config block to build from')
+    cfg = cfg if isinstance(cfg, Config) else Config(cfg)
+    where = cfg.path or registry.name
+    if 'NAME' not in cfg:
+        raise ConfigError(f"'{where}': block has no NAME (one of {registry.name}: "
+                          f"{', '.join(registry.names()[:10])})")
+    try:
+        target = registry.get(cfg.NAME)
+    except RegistryError as e:
+        raise RegistryError(f"'{where}.NAME': {e}") from None
+    if inspect.isclass(target):
+        prepare_config(target, cfg, cfg.path, logger=logger)
+    try:
+        return target(cfg, logger=logger, **kwargs)
+    except ScepterError:
+        raise
+    except Exception as e:
+        raise BuildError(f"'{where}': building {registry.name} {cfg.NAME} ({_origin(target)}) failed: "
+                         f"{type(e).__name__}: {e}") from e
+
+
+MODELS = Registry('MODELS')
+BACKBONES = Registry('BACKBONES')
+EMBEDDERS = Registry('EMBEDDERS')
+TOKENIZERS = Registry('TOKENIZERS')
+LOSSES = Registry('LOSSES')
+DIFFUSIONS = Registry('DIFFUSIONS')
+DIFFUSION_SAMPLERS = Registry('DIFFUSION_SAMPLERS')
+NOISE_SCHEDULES = Registry('NOISE_SCHEDULES')
+SOLVERS = Registry('SOLVERS')
+HOOKS = Registry('HOOKS')
+DATASETS = Registry('DATASETS')
+TRANSFORMS = Registry('TRANSFORMS')
+SAMPLERS = Registry('SAMPLERS')
+OPTIMIZERS = Registry('OPTIMIZERS')
+LR_SCHEDULERS = Registry('LR_SCHEDULERS')
+METRICS = Registry('METRICS')
+FILE_SYSTEMS = Registry('FILE_SYSTEMS')
+TUNERS = Registry('TUNERS')
+
+REGISTRIES: dict[str, Registry] = {r.name: r for r in (
+    MODELS, BACKBONES, EMBEDDERS, TOKENIZERS, LOSSES, DIFFUSIONS, DIFFUSION_SAMPLERS,
+    NOISE_SCHEDULES, SOLVERS, HOOKS, DATASETS, TRANSFORMS, SAMPLERS, OPTIMIZERS,
+    LR_SCHEDULERS, METRICS, FILE_SYSTEMS, TUNERS)}
+
+# Packages whose import registers the built-in classes; imported on first lookup so
+# that `from scepter_core import MODELS` stays cheap.
+BUILTIN_PACKAGES = (
+    'scepter_core.fs', 'scepter_core.models', 'scepter_core.diffusion', 'scepter_core.data',
+    'scepter_core.optim', 'scepter_core.hooks', 'scepter_core.solvers', 'scepter_core.metrics',
+    'scepter_core.tuners',
+)
+_loaded = False
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+    for mod in BUILTIN_PACKAGES:
+        importlib.import_module(mod)
+
+
+def find_class(name: str, registry: str | None = None) -> tuple[Registry, Any]:
+    """Find `name` in one registry or in all of them (for templates and the CLI)."""
+    regs = [REGISTRIES[registry]] if registry else list(REGISTRIES.values())
+    for reg in regs:
+        if name in reg:
+            return reg, reg.get(name)
+    everything = [n for r in regs for n in r.names()]
+    raise RegistryError(f"no registered class '{name}'" + did_you_mean(name, everything))

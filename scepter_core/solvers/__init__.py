@@ -1,0 +1,1 @@
+"""Built-in solvers; importing this package registers them."""

@@ -1,0 +1,1 @@
+"""Built-in tuners; importing this package registers them."""

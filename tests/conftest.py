@@ -1,0 +1,20 @@
+"""Shared fixtures. Tests never reach a model hub."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own scepter cache and mirror so nothing leaks between tests."""
+    root = tmp_path_factory.mktemp('scepter_cache')
+    monkeypatch.setenv('SCEPTER_CACHE', str(root))
+    monkeypatch.setenv('SCEPTER_MIRROR', str(root / 'mirror'))
+    yield
