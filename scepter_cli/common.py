@@ -17,9 +17,17 @@ ImportOpt = typer.Option(None, '--import', help=IMPORT_HELP, metavar='PATH')
 
 
 def load_config(cfg_path: str, overrides: Optional[list[str]], imports: Optional[list[str]] = None):
-    """Read a recipe, apply `--set` overrides, load user code named by IMPORTS / --import."""
+    """Read a recipe, apply `--set` overrides, load user code named by --import (relative
+    to the working directory) and by the recipe's IMPORTS (relative to the recipe first)."""
     from scepter_core.config import Config
+    from scepter_core.errors import ConfigError
     from scepter_core.imports import import_user_code
     cfg = Config.load(cfg_path, overrides or [])
-    import_user_code(list(imports or []) + list(cfg.get('IMPORTS') or []), base_dir=cfg_path)
+    import_user_code(list(imports or []))
+    recipe_imports = cfg.get('IMPORTS') or []
+    if isinstance(recipe_imports, str):
+        recipe_imports = [recipe_imports]
+    if not isinstance(recipe_imports, list):
+        raise ConfigError(f"'IMPORTS': expected a list of files or modules, got {recipe_imports!r}")
+    import_user_code(recipe_imports, base_dir=cfg_path)
     return cfg

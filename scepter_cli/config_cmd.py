@@ -7,7 +7,8 @@ import typer
 
 from .common import ImportOpt, SetOpt, console, load_config
 
-app = typer.Typer(help='Config templates, resolved configs and validation.', no_args_is_help=True)
+app = typer.Typer(help='Config templates, resolved configs and validation.\n\n'
+                  'Example: [cyan]scepter config validate --cfg recipe.yaml[/cyan]', no_args_is_help=True)
 
 
 @app.command()
@@ -18,14 +19,12 @@ def template(name: str = typer.Argument(..., help='Registered class, e.g. Frozen
 
     Example: [cyan]scepter config template FrozenCLIPEmbedder[/cyan]
     """
+    from scepter_core.base import config_template
     from scepter_core.imports import import_user_code
     from scepter_core.registry import find_class
     import_user_code(list(imports or []))
-    reg, cls = find_class(name, registry.upper() if registry else None)
-    if not isinstance(cls, type):
-        typer.echo(f'{reg.name}:\n  NAME: {name}\n')
-        return
-    typer.echo(cls.get_config_template(), nl=False)
+    reg, obj = find_class(name, registry)
+    typer.echo(config_template(obj, reg.name), nl=False)
 
 
 @app.command()
@@ -35,9 +34,13 @@ def show(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file (YAML or 
 
     Example: [cyan]scepter config show --cfg examples/tiny_shapes.yaml --set SOLVER.MAX_STEPS=10[/cyan]
     """
-    from rich.syntax import Syntax
     config = load_config(cfg, overrides, imports)
-    console.print(Syntax(config.to_yaml(mask_secrets=True), 'yaml', background_color='default'))
+    text = config.to_yaml(mask_secrets=True)
+    if console.is_terminal:
+        from rich.syntax import Syntax
+        console.print(Syntax(text, 'yaml', background_color='default', word_wrap=True))
+    else:  # piped: exact YAML, never wrapped or cropped to a terminal width
+        typer.echo(text, nl=False)
 
 
 @app.command()

@@ -8,7 +8,8 @@ import typer
 
 from .common import console
 
-app = typer.Typer(help='Inspect the registries of buildable classes.', no_args_is_help=True)
+app = typer.Typer(help='Inspect the registries of buildable classes.\n\n'
+                  'Example: [cyan]scepter registry list MODELS[/cyan]', no_args_is_help=True)
 
 
 def _summary(obj) -> str:
@@ -24,16 +25,9 @@ def list_cmd(registry: Optional[str] = typer.Argument(None, help='One registry, 
     Examples: [cyan]scepter registry list[/cyan], [cyan]scepter registry list HOOKS --json[/cyan]
     """
     from rich.table import Table
-    from scepter_core.errors import ConfigError, did_you_mean
-    from scepter_core.registry import REGISTRIES, _load_builtins
+    from scepter_core.registry import REGISTRIES, _load_builtins, get_registry
     _load_builtins()
-    if registry:
-        key = registry.upper()
-        if key not in REGISTRIES:
-            raise ConfigError(f"no registry '{registry}'." + did_you_mean(key, REGISTRIES))
-        regs = [REGISTRIES[key]]
-    else:
-        regs = list(REGISTRIES.values())
+    regs = [get_registry(registry)] if registry else list(REGISTRIES.values())
     data = {r.name: {n: _summary(r.get(n)) for n in r.names()} for r in regs}
     if as_json:
         typer.echo(json.dumps(data, indent=2))

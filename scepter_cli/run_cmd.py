@@ -1,8 +1,119 @@
-"""`scepter train|test|infer|convert` (filled in by the end-to-end work)."""
+"""`scepter train`, `scepter test` and `scepter infer`."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+from .common import ImportOpt, SetOpt, console, load_config
+
+
+def _prepare(cfg_path: str, overrides: Optional[list[str]], imports: Optional[list[str]],
+             work_dir: Optional[str], launcher: Optional[str]):
+    from scepter_core.errors import ConfigError
+    from scepter_core.validate import validate_recipe
+    cfg = load_config(cfg_path, overrides, imports)
+    if work_dir:
+        cfg.set('SOLVER.WORK_DIR', work_dir)
+    if launcher:
+        cfg.set('ENV.LAUNCHER', launcher)
+    problems = validate_recipe(cfg)
+    if problems:
+        raise ConfigError('\n'.join(problems))
+    return cfg
+
+
+def train(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file (YAML or JSON).'),
+          overrides: Optional[list[str]] = SetOpt,
+          resume: Optional[str] = typer.Option(None, '--resume', help="'latest' or a checkpoint directory."),
+          work_dir: Optional[str] = typer.Option(None, '--work-dir', help='Override SOLVER.WORK_DIR.'),
+          launcher: Optional[str] = typer.Option(None, '--launcher', help='spawn (default) or torchrun.'),
+          imports: Optional[list[str]] = ImportOpt) -> None:
+    """Train from a recipe.
+
+    Examples:
+      [cyan]scepter train --cfg examples/tiny_shapes.yaml[/cyan]
+      [cyan]scepter train --cfg recipe.yaml --set SOLVER.MAX_STEPS=10 --resume latest[/cyan]
+      [cyan]torchrun --nproc_per_node 4 -m scepter_cli train --cfg recipe.yaml --launcher torchrun[/cyan]
+    """
+    from scepter_core.launch import is_first_process, launch
+    config = _prepare(cfg, overrides, imports, work_dir, launcher)
+    if resume:
+        config.set('SOLVER.RESUME_FROM', resume)
+        config.set('SOLVER.LOAD_MODEL_ONLY', False)
+    out = Path(config.SOLVER.get('WORK_DIR') or './work_dirs/run')
+    out.mkdir(parents=True, exist_ok=True)
+    if is_first_process():  # torchrun/Lightning workers each run this command: one writes
+        config.dump(out / 'config.yaml')
+    launch(config, mode='train')
+    console.print(f'[green]done[/green]: outputs in {out} (checkpoints/, probe/, tensorboard/, loss_curve.png)')
+
+
+def test(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file with TEST_DATA.'),
+         pretrained_model: Optional[str] = typer.Option(None, '--pretrained-model', '--pretrained_model',
+                                                        help='Weights: our checkpoint, SD single file or diffusers folder.'),
+         overrides: Optional[list[str]] = SetOpt,
+         work_dir: Optional[str] = typer.Option(None, '--work-dir', help='Override SOLVER.WORK_DIR.'),
+         imports: Optional[list[str]] = ImportOpt) -> None:
+    """Run TEST_DATA through the model: images, a grid and metrics.json.
+
+    Example: [cyan]scepter test --cfg examples/tiny_shapes.yaml --pretrained-model work_dirs/tiny_shapes/checkpoints/latest[/cyan]
+    """
+    import json
+    from rich.table import Table
+    from scepter_core.launch import launch
+    config = _prepare(cfg, overrides, imports, work_dir, None)
+    if pretrained_model:
+        from scepter_core.inference import _clear_sub_weights, resolve_weights
+        _clear_sub_weights(config.SOLVER.MODEL)
+        config.set('SOLVER.MODEL.PRETRAINED_MODEL', resolve_weights(pretrained_model))
+    launch(config, mode='test')
+    out = Path(config.SOLVER.WORK_DIR) / 'test'
+    metrics = json.loads((out / 'metrics.json').read_text()) if (out / 'metrics.json').is_file() else {}
+    if len(metrics) > 1:
+        table = Table(title='test metrics')
+        table.add_column('metric', style='cyan')
+        table.add_column('value', justify='right')
+        for k, v in metrics.items():
+            table.add_row(k, f'{v:.4f}' if isinstance(v, float) else str(v))
+        console.print(table)
+    console.print(f'[green]done[/green]: images, grid.png and metrics.json in {out}')
+
+
+def infer(prompt: list[str] = typer.Option(..., '--prompt', '-p', help='Prompt (repeatable).'),
+          n_prompt: Optional[str] = typer.Option(None, '--n-prompt', '--n_prompt', help='Negative prompt.'),
+          num_samples: int = typer.Option(1, '--num-samples', '--num_samples', help='Images per prompt.'),
+          pretrained_model: Optional[str] = typer.Option(None, '--pretrained-model', '--pretrained_model',
+                                                         help='Our checkpoint, an SD single file or a diffusers folder.'),
+          cfg: Optional[str] = typer.Option(None, '--cfg', '-c', help='Recipe; found next to the checkpoint when omitted.'),
+          sampler: Optional[str] = typer.Option(None, '--sampler', help='ddim, euler, dpmpp_2m_karras, ...'),
+          steps: Optional[int] = typer.Option(None, '--steps', '--sample_steps', '--sample-steps', help='Sampling steps.'),
+          seed: Optional[int] = typer.Option(None, '--seed', help='Seed (-1: random).'),
+          guide_scale: Optional[float] = typer.Option(None, '--guide-scale', '--guide_scale', help='CFG scale.'),
+          guide_rescale: Optional[float] = typer.Option(None, '--guide-rescale', '--guide_rescale', help='CFG rescale.'),
+          discretization: Optional[str] = typer.Option(None, '--discretization', help='leading | linspace | trailing.'),
+          size: Optional[tuple[int, int]] = typer.Option(None, '--size', help='Height and width in pixels.'),
+          lora: Optional[list[str]] = typer.Option(None, '--lora', help='LoRA file[:scale] (repeatable).'),
+          out: str = typer.Option('outputs', '--out', '-o', help='Output directory.'),
+          overrides: Optional[list[str]] = SetOpt, imports: Optional[list[str]] = ImportOpt) -> None:
+    """Generate images from prompts. Builds only the model, never the training data.
+
+    Example: [cyan]scepter infer --pretrained-model work_dirs/tiny_shapes/checkpoints/latest --prompt "a red circle on a white background" --num-samples 4[/cyan]
+    """
+    from scepter_core.inference import generate_images
+    paths, grid = generate_images(
+        prompts=[p for p in prompt for _ in range(num_samples)], n_prompt=n_prompt, pretrained_model=pretrained_model,
+        cfg_path=cfg, overrides=overrides or [], imports=imports or [], lora=lora or [], out_dir=out,
+        sample_overrides={'SAMPLER': sampler, 'SAMPLE_STEPS': steps, 'SEED': seed, 'GUIDE_SCALE': guide_scale,
+                          'GUIDE_RESCALE': guide_rescale, 'DISCRETIZATION': discretization,
+                          'IMAGE_SIZE': list(size) if size else None})
+    for p in paths:
+        console.print(f'  {p}')
+    console.print(f'[green]done[/green]: {len(paths)} images and the grid {grid}')
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command()(train)
+    app.command()(test)
+    app.command()(infer)

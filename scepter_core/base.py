@@ -1,12 +1,11 @@
 """The one constructor shape, `Class(cfg, logger=None)`, and config templates."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
-import yaml
-
-from .config import Config
+from .config import Config, yaml_dump
 from .params import Param, _as_param, declared_params, prepare_config
 
 
@@ -30,10 +29,8 @@ class Configurable:
 
     @classmethod
     def get_config_template(cls) -> str:
-        from .registry import REGISTRIES
-        module = next((r.name for r in REGISTRIES.values()
-                       if r._items.get(cls.__name__) is cls), 'MODULE')
-        return dict_to_yaml(module, cls.__name__, declared_params(cls), set_name=True)
+        """Commented YAML for this class, under the registry that holds it."""
+        return config_template(cls)
 
 
 class BaseObject(Configurable):
@@ -44,38 +41,61 @@ class BaseObject(Configurable):
 
 
 def _yaml_value(value: Any) -> str:
-    text = yaml.safe_dump(Config(value).to_dict() if isinstance(value, dict) else value,
-                          default_flow_style=True, width=1 << 16).strip()
-    return text[:-4].strip() if text.endswith('\n...') else text.removesuffix('...').strip()
+    """One value in YAML flow style, readable back by `yaml_load` as the same value."""
+    return yaml_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix('...').strip()
+
+
+def _nested_params(p: Param, seen: tuple[str, ...]) -> dict[str, Param] | None:
+    """For a key holding a block of a registry with a registered default NAME: the sub-class's
+    parameters, with the values of the default block in place of the sub-class's defaults."""
+    from .registry import REGISTRIES
+    default = p.default
+    if not (p.registry and isinstance(default, dict) and isinstance(default.get('NAME'), str)):
+        return None
+    name = default['NAME']
+    if name in seen or name not in REGISTRIES[p.registry]:
+        return None
+    sub_cls = REGISTRIES[p.registry].get(name)
+    if not isinstance(sub_cls, type):
+        return None
+    sub = {'NAME': Param(name, f'{p.registry} entry.')}
+    sub.update(declared_params(sub_cls))
+    for k, v in default.items():
+        sub[k] = dataclasses.replace(sub.get(k, Param()), default=v)
+    return sub
+
+
+def _comment(p: Param) -> str:
+    desc = ' '.join((p.description or '').split())
+    extra = f"; one of {', '.join(map(str, p.choices))}" if p.choices else ''
+    kind = f'{p.type_name()}{extra}' + (f'; a {p.registry} block' if p.registry else '')
+    return f'# {desc} ({kind})' if desc else f'# ({kind})'
+
+
+def _needs_block_style(value: Any) -> bool:
+    """Mappings and lists of blocks read better as indented YAML than on one line."""
+    if isinstance(value, dict):
+        return bool(value)
+    return isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)
 
 
 def _block_lines(params: dict[str, Param], indent: int, seen: tuple[str, ...]) -> list[str]:
-    from .registry import REGISTRIES
     pad = ' ' * indent
     lines: list[str] = []
     for key, p in params.items():
-        desc = ' '.join(p.description.split())
-        extra = f"; one of {', '.join(map(str, p.choices))}" if p.choices else ''
-        lines.append(f'{pad}# {desc} ({p.type_name()}{extra})' if desc else f'{pad}# ({p.type_name()}{extra})')
-        default = p.default
-        nested = (p.registry and isinstance(default, dict) and 'NAME' in default
-                  and default['NAME'] not in seen and default['NAME'] in REGISTRIES[p.registry])
-        if nested:
-            sub_cls = REGISTRIES[p.registry].get(default['NAME'])
-            sub = declared_params(sub_cls)
-            for k, v in default.items():  # the default block's own values win over the sub-class's
-                if k != 'NAME':
-                    sub[k] = Param(v, sub.get(k, Param()).description, sub.get(k, Param()).type,
-                                   sub.get(k, Param()).choices, sub.get(k, Param()).registry)
+        if key == 'NAME' and indent > 2:  # the NAME of a nested block, written first
+            lines.append(f'{pad}NAME: {_yaml_value(p.default)}')
+            continue
+        lines.append(pad + _comment(p))
+        nested = _nested_params(p, seen)
+        if nested is not None:
             lines.append(f'{pad}{key}:')
-            lines.append(f"{pad}  NAME: {default['NAME']}")
-            lines += _block_lines(sub, indent + 2, seen + (default['NAME'],))
-        elif isinstance(default, dict) and default:
+            lines += _block_lines(nested, indent + 2, seen + (nested['NAME'].default,))
+        elif _needs_block_style(p.default):
             lines.append(f'{pad}{key}:')
-            lines += [f'{pad}  {line}' for line in
-                      yaml.safe_dump(Config(default).to_dict(), sort_keys=False).splitlines()]
+            lines += [f'{pad}  {line}' for line in yaml_dump(p.default).splitlines()]
         else:
-            lines.append(f'{pad}{key}: {_yaml_value(default)}')
+            lines.append(f'{pad}{key}: {_yaml_value(p.default)}')
     return lines
 
 
@@ -90,3 +110,17 @@ def dict_to_yaml(module_name: str, name: str, json_config: dict, set_name: bool 
         lines.append(f'  NAME: {name}')
     lines += _block_lines(params, 2, (name,))
     return '\n'.join(lines) + '\n'
+
+
+def config_template(obj: Any, registry: str | None = None, name: str | None = None) -> str:
+    """The template of a registered class (or function), found in `registry` or in any."""
+    from .registry import REGISTRIES
+    regs = [REGISTRIES[registry]] if registry else list(REGISTRIES.values())
+    for reg in regs:
+        found = reg.name_of(obj)
+        if found is not None:
+            registry, name = reg.name, name or found
+            break
+    name = name or obj.__name__
+    params = declared_params(obj) if isinstance(obj, type) else {}
+    return dict_to_yaml(registry or 'MODULE', name, params, set_name=True)

@@ -16,7 +16,8 @@ from .errors import ConfigError
 
 BASE_KEYS = ('_BASE', '_BASE_RUN', '_BASE_MODEL')
 REPLACE_KEY = '_REPLACE'  # `_REPLACE: true` in a block: replace the base's block, do not merge
-SECRET_PARTS = ('TOKEN', 'SECRET', 'PASSWORD', '_AK', '_SK')
+SECRET_WORDS = {'TOKEN', 'SECRET', 'PASSWORD', 'PASSWD'}
+SECRET_SUFFIXES = ('_AK', '_SK', 'ACCESS_KEY', 'SECRET_KEY', 'APIKEY', 'API_KEY')
 _ENV_RE = re.compile(r'\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}')
 
 
@@ -24,21 +25,47 @@ class _Loader(yaml.SafeLoader):
     """Safe loader that reads `1e-8` as a float (YAML 1.1 would keep a string)."""
 
 
-_Loader.add_implicit_resolver(
-    'tag:yaml.org,2002:float',
-    re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+class _Dumper(yaml.SafeDumper):
+    """Safe dumper that quotes strings such as '1e-8' which `_Loader` would read as floats."""
+
+
+_FLOAT_RE = re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
     |\.[0-9_]+(?:[eE][-+][0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$''', re.X), list('-+0123456789.'))
+    |\.(?:nan|NaN|NAN))$''', re.X)
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver('tag:yaml.org,2002:float', _FLOAT_RE, list('-+0123456789.'))
 
 
-def parse_scalar(text: str) -> Any:
-    """Parse an override or env value the way YAML would (`10`, `1e-4`, `[1,2]`, `null`)."""
+def yaml_load(text: str) -> Any:
+    """Parse YAML with the safe loader (no Python objects) and float-friendly numbers."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def yaml_dump(data: Any, **kwargs: Any) -> str:
+    """Dump plain data so that `yaml_load` reads back the same values."""
+    kwargs.setdefault('sort_keys', False)
+    kwargs.setdefault('allow_unicode', True)
+    return yaml.dump(_plain(data), Dumper=_Dumper, **kwargs)
+
+
+def parse_scalar(text: str, key: str = '') -> Any:
+    """Parse an override or env value the way YAML would (`10`, `1e-4`, `[1,2]`, `null`).
+
+    Text that only looks like a block mapping (`a photo: of a cat`) stays a string; a value
+    that opens a flow list or mapping but does not parse is an error naming `key`."""
     try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError:
+        value = yaml_load(text)
+    except yaml.YAMLError as e:
+        if text.strip()[:1] in ('[', '{', '"', "'"):
+            problem = getattr(e, 'problem', None) or str(e).strip().splitlines()[0]
+            where = f"'{key}': " if key else ''
+            raise ConfigError(f'{where}cannot parse {text!r} as YAML: {problem}') from e
         return text
+    if isinstance(value, dict) and not text.strip().startswith('{'):
+        return text
+    return value
 
 
 def _wrap(value: Any) -> Any:
@@ -77,7 +104,7 @@ class Config(dict):
     """
 
     def __init__(self, data: Mapping | None = None, *, cfg_dict: Mapping | None = None,
-                 cfg_file: str | os.PathLike | None = None, load: bool = True, **_: Any):
+                 cfg_file: str | os.PathLike | None = None, load: bool = True, logger: Any = None):
         super().__init__()
         if cfg_file is not None and load:
             data = _load_tree(Path(cfg_file))
@@ -87,8 +114,27 @@ class Config(dict):
     # ---- access -------------------------------------------------------------
     def __setitem__(self, key: str, value: Any) -> None:
         value = _wrap(value)
-        _set_path(value, f'{self.path}.{key}' if self.path else str(key))
+        _set_path(value, self._child_path(key))
         super().__setitem__(key, value)
+
+    def _child_path(self, key: Any) -> str:
+        return f'{self.path}.{key}' if self.path else str(key)
+
+    def update(self, other: Mapping | Iterable = (), **kwargs: Any) -> None:  # type: ignore[override]
+        for k, v in dict(other, **kwargs).items():
+            self[k] = v
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def copy(self) -> 'Config':
+        """A shallow copy that keeps this block's path."""
+        out = Config()
+        object.__setattr__(out, '_path', self.path)
+        dict.update(out, self)
+        return out
 
     @property
     def path(self) -> str:
@@ -108,10 +154,10 @@ class Config(dict):
         del self[key]
 
     def __deepcopy__(self, memo: dict) -> 'Config':
-        return Config(copy.deepcopy(_plain(self), memo))
+        return _rebuild(copy.deepcopy(_plain(self), memo), self.path)
 
     def __reduce__(self):
-        return (Config, (_plain(self),))
+        return (_rebuild, (_plain(self), self.path))
 
     def have(self, key: str) -> bool:
         return key in self
@@ -142,6 +188,7 @@ class Config(dict):
         if isinstance(node, list):
             idx = _index(node, last, parts)
             node[idx] = _wrap(value)
+            _set_path(node[idx], self._child_path('.'.join(parts[:-1] + [str(idx)])))
         elif isinstance(node, dict):
             node[last] = value
         else:
@@ -156,7 +203,7 @@ class Config(dict):
 
     def to_yaml(self, mask_secrets: bool = False) -> str:
         data = _mask(self.to_dict()) if mask_secrets else self.to_dict()
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=None)
+        return yaml_dump(data, default_flow_style=None)
 
     def dump(self, path: str | os.PathLike) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -166,11 +213,20 @@ class Config(dict):
         return f'Config({dict.__repr__(self)})'
 
 
+def _rebuild(data: dict, path: str) -> Config:
+    """Unpickle / deep-copy helper: a Config whose blocks keep their dotted paths."""
+    cfg = Config()
+    object.__setattr__(cfg, '_path', path)
+    for k, v in data.items():
+        cfg[k] = v
+    return cfg
+
+
 def _index(node: list, part: str, parts: list[str]) -> int:
     try:
         idx = int(part)
         node[idx]
-        return idx
+        return idx % len(node)
     except (ValueError, IndexError):
         raise ConfigError(f"'{'.'.join(parts)}': index '{part}' is not valid for a list of "
                           f"{len(node)} items") from None
@@ -188,12 +244,19 @@ def _step(node: Any, part: str, parts: list[str], create: bool) -> Any:
     raise ConfigError(f"'{'.'.join(parts[:-1])}' is {type(node).__name__}, not a block")
 
 
+def is_secret_key(key: Any) -> bool:
+    """HF_TOKEN, OSS_AK, DB_PASSWORD are secrets; TOKENIZER and MAX_TOKENS are not."""
+    upper = str(key).upper()
+    words = set(upper.split('_'))
+    return bool(words & SECRET_WORDS) or any(upper.endswith(s) for s in SECRET_SUFFIXES)
+
+
 def _mask(value: Any, key: str = '') -> Any:
     if isinstance(value, dict):
         return {k: _mask(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_mask(v, key) for v in value]
-    if value and any(p in key.upper() for p in SECRET_PARTS):
+    if value not in (None, '') and is_secret_key(key):
         return '***'
     return value
 
@@ -205,9 +268,9 @@ def _read_file(path: Path) -> Any:
         raise ConfigError(f"config file not found: '{path}'")
     text = path.read_text()
     try:
-        if path.suffix == '.json':
+        if path.suffix.lower() == '.json':
             return json.loads(text)
-        return yaml.load(text, Loader=_Loader) or {}
+        return yaml_load(text) or {}
     except (yaml.YAMLError, json.JSONDecodeError) as e:
         first = str(e).strip().splitlines()
         raise ConfigError(f"cannot parse '{path}': {' '.join(first[:3])}") from e
@@ -221,7 +284,16 @@ def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"'{path}' must hold a mapping at the top, not {type(data).__name__}")
     data = _resolve_bases(data, path, seen + (path,))
-    return substitute_env(data)
+    return substitute_env(_drop_replace(data))
+
+
+def _drop_replace(node: Any) -> Any:
+    """Remove `_REPLACE` markers left in a file that had nothing to merge with."""
+    if isinstance(node, dict):
+        return {k: _drop_replace(v) for k, v in node.items() if k != REPLACE_KEY}
+    if isinstance(node, list):
+        return [_drop_replace(v) for v in node]
+    return node
 
 
 def _resolve_bases(node: Any, path: Path, seen: tuple[Path, ...]) -> Any:
@@ -235,7 +307,8 @@ def _resolve_bases(node: Any, path: Path, seen: tuple[Path, ...]) -> Any:
     merged: dict = {}
     for base in bases:
         for ref in base if isinstance(base, list) else [base]:
-            merged = merge(merged, _load_tree(path.parent / str(ref), seen))
+            ref = str(substitute_env(str(ref), f'{path.name}: _BASE'))
+            merged = merge(merged, _load_tree(path.parent / ref, seen))
     return merge(merged, child) if bases else child
 
 
@@ -284,5 +357,5 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
         key = key.strip()
         if not key or any(not p for p in key.split('.')):
             raise ConfigError(f"bad override '{item}': empty key segment")
-        cfg.set(key, parse_scalar(text))
+        cfg.set(key, parse_scalar(text.strip(), key))
     return cfg

@@ -76,6 +76,13 @@ class WorkEnv:
         torch.manual_seed(s)
         return s
 
+    # ---- launching -----------------------------------------------------------------
+    def init_env(self, cfg: Any, fn: Any = None, mode: str = 'train') -> Any:
+        """Scepter's entry: start the workers cfg.ENV asks for and run `fn(cfg)` in each
+        (default: build cfg.SOLVER and solve). See scepter_core/launch.py."""
+        from .launch import launch
+        return launch(cfg, mode=mode, fn=fn)
+
     def __repr__(self) -> str:
         return (f'WorkEnv(rank={self.rank}, local_rank={self.local_rank}, world_size={self.world_size}, '
                 f'device={self.device}, seed={self.seed})')

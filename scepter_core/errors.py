@@ -36,7 +36,7 @@ def closest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Close matches for a misspelled name, case-insensitive."""
     cands = list(candidates)
     lower = {c.lower(): c for c in cands}
-    hits = difflib.get_close_matches(word.lower(), list(lower), n=n, cutoff=0.5)
+    hits = difflib.get_close_matches(word.lower(), list(lower), n=n, cutoff=0.6)
     return [lower[h] for h in hits]
 
 

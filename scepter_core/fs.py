@@ -46,6 +46,15 @@ def _protocol(path: str) -> str:
     return path.split('://', 1)[0] if '://' in path else 'file'
 
 
+def _file_mode(path: str) -> int:
+    """The mode a file written at `path` should get: the old file's, else 0666 less the umask."""
+    if os.path.exists(path):
+        return os.stat(path).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 class FileSystem:
     """The process-wide file API (`FS`)."""
 
@@ -92,14 +101,32 @@ class FileSystem:
             fs, rpath = self._fs(path)
             if not fs.exists(rpath):
                 raise FileNotAvailable(f"'{path}' does not exist")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + f'.part{os.getpid()}')
-            if fs.isdir(rpath):
-                fs.get(rpath, str(tmp), recursive=True)
+            self._download(fs, rpath, target)
+        return LocalPath(str(target))
+
+    @staticmethod
+    def _download(fs, rpath: str, target: Path) -> None:
+        """Fetch into a temporary sibling, then rename: a reader never sees half a file."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + f'.part{os.getpid()}')
+        try:
+            if fs.isdir(rpath):  # file by file: fsspec's recursive `get` differs per protocol
+                root = rpath.rstrip('/')
+                for remote in fs.find(root):
+                    local = tmp / remote[len(root):].lstrip('/')
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    fs.get_file(remote, str(local))
             else:
                 fs.get(rpath, str(tmp))
             os.replace(tmp, target)
-        return LocalPath(str(target))
+        except OSError:
+            if not target.exists():  # another process finishing first is fine
+                raise
+        finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif tmp.exists():
+                tmp.unlink()
 
     def get_dir_to_local_dir(self, path: str, wait_finish: bool = True, **_) -> LocalPath:
         """A local directory holding the content of `path` (Scepter's name)."""
@@ -142,6 +169,7 @@ class FileSystem:
             if local:
                 with open(tmp, 'rb') as f:
                     os.fsync(f.fileno())
+                os.chmod(tmp, _file_mode(local))  # mkstemp makes 0600 files
                 os.replace(tmp, local)
             else:
                 fs, rpath = self._fs(path)
@@ -182,8 +210,7 @@ class FileSystem:
             return sorted(str(p) for p in it if p.is_file())
         fs, rpath = self._fs(path)
         files = fs.find(rpath) if recurse else [p for p in fs.ls(rpath, detail=False) if fs.isfile(p)]
-        proto = _protocol(path)
-        return sorted(f if '://' in f else f'{proto}://{f}' for f in files)
+        return sorted(f if '://' in f else fs.unstrip_protocol(f) for f in files)
 
     def make_dir(self, path: str) -> None:
         local = self.local_or_none(str(path))

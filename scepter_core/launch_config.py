@@ -22,4 +22,7 @@ class EnvSettings:
 
 
 def check_env_block(env: Config) -> list[str]:
+    """Problems with a recipe's ENV block, one line each."""
+    if not isinstance(env, dict):
+        return [f"'ENV': expected a block, got {type(env).__name__} {env!r}"]
     return check_config(EnvSettings, env, 'ENV')

@@ -7,11 +7,14 @@ An entry is `KEY: {'value': default, 'description': str}` with optional
 of blocks, built from that registry, validated recursively)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
+import functools
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterator, Mapping
 
 from .config import Config
 from .errors import ConfigError, did_you_mean
@@ -76,8 +79,50 @@ def declared_params(cls: type) -> dict[str, Param]:
     return out
 
 
+# Strictness of the recipe being built. A recipe's top-level `STRICT` is outside the
+# blocks that classes see, so the entry point that loaded the recipe (CLI command, launcher
+# worker, test) publishes it here with `strict_mode(recipe_strict(cfg))`; every
+# `prepare_config` below it (REG.build at any depth) then reads it. A context variable,
+# not a global, so that threads and nested builds of other recipes do not leak into each other.
+_STRICT: contextvars.ContextVar[bool | None] = contextvars.ContextVar('scepter_strict', default=None)
+
+
 def strict_default() -> bool:
-    return os.environ.get('SCEPTER_STRICT', '1').lower() not in ('0', 'false', 'no')
+    """Unknown keys are errors unless the current recipe says `STRICT: false` (see
+    `strict_mode`) or, when no recipe says anything, the environment sets SCEPTER_STRICT=0."""
+    current = _STRICT.get()
+    if current is not None:
+        return current
+    return os.environ.get('SCEPTER_STRICT', '1').strip().lower() not in ('0', 'false', 'no', 'off')
+
+
+@contextlib.contextmanager
+def strict_mode(strict: bool | None) -> Iterator[None]:
+    """Build under a given strictness: `with strict_mode(recipe_strict(cfg)): SOLVERS.build(cfg.SOLVER)`.
+    None leaves the choice to SCEPTER_STRICT."""
+    token = _STRICT.set(strict)
+    try:
+        yield
+    finally:
+        _STRICT.reset(token)
+
+
+def recipe_strict(cfg: Mapping) -> bool | None:
+    """The top-level `STRICT` of a recipe (None when absent); a non-bool is a ConfigError."""
+    value = cfg.get('STRICT')
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"'STRICT': expected bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def honours_recipe_strict(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for entry points whose first argument is the whole recipe (a launcher's
+    worker, a CLI command body): every build inside runs under the recipe's STRICT."""
+    @functools.wraps(fn)
+    def wrapper(cfg: Mapping, *args: Any, **kwargs: Any) -> Any:
+        with strict_mode(recipe_strict(cfg)):
+            return fn(cfg, *args, **kwargs)
+    return wrapper
 
 
 def _type_ok(value: Any, p: Param) -> bool:
@@ -98,25 +143,26 @@ def fill_defaults(cls: type, cfg: Config) -> Config:
 
 def check_config(cls: type, cfg: Config, path: str = '', strict: bool | None = None,
                  logger: logging.Logger | None = None) -> list[str]:
-    """Problems with `cfg` against `cls`'s declaration, one line each (nothing is built)."""
+    """Problems with `cfg` against `cls`'s declaration, one line each (nothing is built).
+    `path` (default: the block's own `cfg.path`) prefixes every key in the messages."""
     strict = strict_default() if strict is None else strict
     params = declared_params(cls)
-    where = path or cls.__name__
+    path = path or getattr(cfg, 'path', '')
     problems: list[str] = []
     unknown_ok = not getattr(cls, 'strict_keys', True)
     for key, value in cfg.items():
-        kpath = f'{path}.{key}' if path else key
+        kpath = f'{path}.{key}' if path else str(key)
         if key in ALWAYS_ALLOWED or str(key).startswith('_'):
             continue
         if key not in params:
             if unknown_ok:
                 continue
-            msg = (f"'{kpath}': unknown key for {cls.__name__}." + did_you_mean(key, params) +
+            msg = (f"'{kpath}': unknown key for {cls.__name__}." + did_you_mean(str(key), params) +
                    f" Valid keys: {', '.join(sorted(params)) or 'none'}")
             if strict:
                 problems.append(msg)
-            elif logger:
-                logger.warning(msg)
+            else:
+                (logger or logging.getLogger('scepter')).warning('%s (ignored: STRICT is off)', msg)
             continue
         p = params[key]
         if not _type_ok(value, p):

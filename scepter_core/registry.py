@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
+from .base import Configurable
 from .config import Config
 from .errors import BuildError, ConfigError, RegistryError, ScepterError, did_you_mean
 from .params import prepare_config
@@ -24,24 +25,39 @@ class Registry:
 
     # ---- registration ------------------------------------------------------------
     def _add(self, obj: Any, name: str | None, force: bool, aliases: tuple[str, ...]) -> Any:
-        for key in (name or obj.__name__, *aliases):
+        name = name or obj.__name__
+        for key in (name, *aliases):
             old = self._items.get(key) or self._items.get(self._aliases.get(key, ''))
+            # The same class seen again (a module imported twice, e.g. as a file and as a
+            # module) is not a conflict; another class under the same name is.
             if old is not None and old is not obj and _origin(old) != _origin(obj) and not force:
                 raise RegistryError(f"{self.name}: '{key}' is already registered by {_origin(old)}; "
                                     f"{_origin(obj)} cannot take it (pass force=True to replace)")
-        self._items[name or obj.__name__] = obj
+        self._aliases.pop(name, None)  # a name registered outright stops being an alias
+        self._items[name] = obj
         for a in aliases:
-            self._aliases[a] = name or obj.__name__
+            if force:
+                self._items.pop(a, None)
+            self._aliases[a] = name
         return obj
 
-    def register_class(self, name: str | None = None, force: bool = False,
-                       aliases: tuple[str, ...] = ()) -> Callable[[type], type]:
+    def register_class(self, name: str | type | None = None, force: bool = False,
+                       aliases: tuple[str, ...] = ()) -> Any:
+        """Decorator: `@REG.register_class()`, `@REG.register_class('Name', aliases=(...))`;
+        a bare `@REG.register_class` registers the class under its own name."""
+        if isinstance(name, type):
+            return self._add(name, None, force, tuple(aliases))
+
         def deco(cls: type) -> type:
             return self._add(cls, name, force, tuple(aliases))
         return deco
 
-    def register_function(self, name: str | None = None, force: bool = False,
-                          aliases: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    def register_function(self, name: str | Callable | None = None, force: bool = False,
+                          aliases: tuple[str, ...] = ()) -> Any:
+        """Decorator for functions called as `fn(cfg, logger=None, **kwargs)` by build."""
+        if callable(name):
+            return self._add(name, None, force, tuple(aliases))
+
         def deco(fn: Callable) -> Callable:
             return self._add(fn, name, force, tuple(aliases))
         return deco
@@ -50,6 +66,10 @@ class Registry:
     def names(self) -> list[str]:
         _load_builtins()
         return sorted(self._items)
+
+    def name_of(self, obj: Any) -> str | None:
+        """The name `obj` is registered under here, or None."""
+        return next((n for n, o in self._items.items() if o is obj), None)
 
     def aliases(self) -> dict[str, str]:
         return dict(self._aliases)
@@ -65,6 +85,9 @@ class Registry:
         return len(self.names())
 
     def get(self, name: str) -> Any:
+        """The class or function registered as `name` (or one of its aliases)."""
+        if not isinstance(name, str):
+            raise RegistryError(f"{self.name}: NAME must be a string, got {type(name).__name__} {name!r}")
         if name not in self._items and name not in self._aliases:
             _load_builtins()
         key = self._aliases.get(name, name)
@@ -85,8 +108,9 @@ def build(registry: Registry, cfg: Config | dict | None, logger: logging.Logger 
           **kwargs: Any) -> Any:
     """Resolve `cfg.NAME`, validate and fill defaults, then call `Class(cfg, logger=logger, **kwargs)`.
     A registered function is called the same way."""
-    if cfg is None:
-        raise ConfigError(f'{registry.name}: no config block to build from')
+    if not isinstance(cfg, Mapping):
+        got = 'nothing' if cfg is None else f'{type(cfg).__name__} {cfg!r}'
+        raise ConfigError(f'{registry.name}: expected a config block with NAME to build from, got {got}')
     cfg = cfg if isinstance(cfg, Config) else Config(cfg)
     where = cfg.path or registry.name
     if 'NAME' not in cfg:
@@ -96,7 +120,9 @@ def build(registry: Registry, cfg: Config | dict | None, logger: logging.Logger 
         target = registry.get(cfg.NAME)
     except RegistryError as e:
         raise RegistryError(f"'{where}.NAME': {e}") from None
-    if inspect.isclass(target):
+    # Configurable classes validate and fill their own cfg on construction (also when
+    # built directly); other classes get the same treatment here.
+    if inspect.isclass(target) and not issubclass(target, Configurable):
         prepare_config(target, cfg, cfg.path, logger=logger)
     try:
         return target(cfg, logger=logger, **kwargs)
@@ -142,20 +168,35 @@ _loaded = False
 
 
 def _load_builtins() -> None:
+    """Import the built-in packages once (their imports register the built-in classes)."""
     global _loaded
     if _loaded:
         return
-    _loaded = True
+    _loaded = True  # set first: a package being imported may itself look names up
     import importlib
     for mod in BUILTIN_PACKAGES:
-        importlib.import_module(mod)
+        try:
+            importlib.import_module(mod)
+        except Exception:
+            _loaded = False  # fail again next time rather than serve half-filled registries
+            raise
+
+
+def get_registry(name: str) -> Registry:
+    """A registry by name, case-insensitive (`models` -> MODELS)."""
+    key = name.upper()
+    if key not in REGISTRIES:
+        raise RegistryError(f"no registry '{name}'." + did_you_mean(key, REGISTRIES) +
+                            f" Registries: {', '.join(REGISTRIES)}")
+    return REGISTRIES[key]
 
 
 def find_class(name: str, registry: str | None = None) -> tuple[Registry, Any]:
     """Find `name` in one registry or in all of them (for templates and the CLI)."""
-    regs = [REGISTRIES[registry]] if registry else list(REGISTRIES.values())
+    regs = [get_registry(registry)] if registry else list(REGISTRIES.values())
     for reg in regs:
         if name in reg:
             return reg, reg.get(name)
     everything = [n for r in regs for n in r.names()]
-    raise RegistryError(f"no registered class '{name}'" + did_you_mean(name, everything))
+    where = f'in {registry}' if registry else 'in any registry'
+    raise RegistryError(f"no registered class '{name}' {where}." + did_you_mean(name, everything))

@@ -2,24 +2,30 @@
 from __future__ import annotations
 
 from .config import Config
-from .params import check_blocks, strict_default
+from .errors import ConfigError
+from .params import check_blocks, recipe_strict, strict_mode
 
-# Top-level sections of a recipe and the registry their block belongs to.
-SECTIONS = {'SOLVER': 'SOLVERS'}
+# Top-level sections of a recipe that hold blocks, and the registry of those blocks.
+SECTIONS = {'SOLVER': 'SOLVERS', 'FILE_SYSTEM': 'FILE_SYSTEMS'}
 TOP_LEVEL_KEYS = {'ENV', 'SOLVER', 'IMPORTS', 'STRICT', 'FILE_SYSTEM'}
 
 
 def validate_recipe(cfg: Config) -> list[str]:
-    """One line per problem; empty when the recipe is valid."""
-    strict = cfg.get('STRICT', strict_default())
+    """One line per problem; empty when the recipe is valid. The recipe's own STRICT
+    decides whether unknown keys are problems (see `params.strict_mode`)."""
+    try:
+        strict = recipe_strict(cfg)
+    except ConfigError as e:
+        return [str(e)]
     problems = [f"'{k}': unknown top-level section (expected one of {', '.join(sorted(TOP_LEVEL_KEYS))})"
                 for k in cfg if k not in TOP_LEVEL_KEYS and not str(k).startswith('_')]
     if 'SOLVER' not in cfg:
         problems.append("'SOLVER': the recipe has no SOLVER block")
-    for key, reg in SECTIONS.items():
-        if key in cfg:
-            problems += check_blocks(reg, cfg[key], key, strict)
-    if 'ENV' in cfg:
-        from .launch_config import check_env_block
-        problems += check_env_block(cfg.ENV)
+    with strict_mode(strict):
+        for key, reg in SECTIONS.items():
+            if cfg.get(key) is not None:
+                problems += check_blocks(reg, cfg[key], key)
+        if cfg.get('ENV') is not None:
+            from .launch_config import check_env_block
+            problems += check_env_block(cfg.ENV)
     return problems

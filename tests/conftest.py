@@ -18,3 +18,20 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv('SCEPTER_CACHE', str(root))
     monkeypatch.setenv('SCEPTER_MIRROR', str(root / 'mirror'))
     yield
+
+
+@pytest.fixture
+def temp_registry():
+    """`temp_registry(NAME)`: a Registry listed in REGISTRIES (so nested validation and
+    templates find it) for the length of one test."""
+    from scepter_core.registry import REGISTRIES, Registry
+    made: list[str] = []
+
+    def make(name: str) -> Registry:
+        REGISTRIES[name] = Registry(name)
+        made.append(name)
+        return REGISTRIES[name]
+
+    yield make
+    for name in made:
+        REGISTRIES.pop(name, None)

@@ -1,1 +1,2 @@
-"""Built-in hooks; importing this package registers them."""
+"""Hooks of the solver loop, one file each."""
+from . import backward, checkpoint, dist_sampler, ema, log, lr, probe, tensorboard, val_loss  # noqa: F401

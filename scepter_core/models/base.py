@@ -31,10 +31,15 @@ class TrainModule(nn.Module, Configurable):
         raise NotImplementedError(f'{type(self).__name__} does not implement forward_test')
 
     def freeze(self) -> None:
-        """Eval mode and no gradients for every parameter."""
+        """Eval mode and no gradients for every parameter; stays in eval mode even when
+        a parent calls `.train()` (so dropout and norm statistics never change)."""
+        self._frozen = True
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> 'TrainModule':
+        return super().train(mode and not getattr(self, '_frozen', False))
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

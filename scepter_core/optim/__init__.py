@@ -1,1 +1,2 @@
-"""Built-in optim; importing this package registers them."""
+"""Optimizers and learning-rate schedules from registries."""
+from . import lr_schedulers, optimizers  # noqa: F401

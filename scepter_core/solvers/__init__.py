@@ -1,1 +1,2 @@
-"""Built-in solvers; importing this package registers them."""
+"""Solvers: the training/testing lifecycle."""
+from . import latent_diffusion  # noqa: F401

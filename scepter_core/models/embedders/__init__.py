@@ -1,1 +1,3 @@
-"""Condition embedders (text encoders)."""
+"""Condition embedders (text encoders); importing this package registers them."""
+from .base import BaseEmbedder  # noqa: F401
+from .clip import FrozenCLIPEmbedder  # noqa: F401

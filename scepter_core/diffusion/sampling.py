@@ -1,0 +1,134 @@
+"""`sample()`: builds the sigma grid once, wraps the model into a guided, constrained
+denoiser, and runs a registered sampler function over it (mixed into GaussianDiffusion)."""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from ..registry import DIFFUSION_SAMPLERS
+from ..env import we
+from ..utils.progress import progress_bar
+from .guidance import constrain_x0
+from .timesteps import discretize, drop_penultimate, strength_start
+
+_PROTOCOL_ARGS = ('denoise', 'x', 'sigmas')
+
+
+def resolve_sampler(solver: str | Callable) -> Callable:
+    """A DIFFUSION_SAMPLERS name (close matches are suggested) or a sampler function."""
+    return solver if callable(solver) else DIFFUSION_SAMPLERS.get(solver)
+
+
+def _accepted(fn: Callable, kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Split kwargs into those `fn` takes and those it does not."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs, []
+    taken = {k: v for k, v in kwargs.items() if k in params and k not in _PROTOCOL_ARGS}
+    return taken, sorted(set(kwargs) - set(taken))
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    if seed is None or seed < 0:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen
+
+
+class SamplingMixin:
+    """Needs `num_timesteps`, `t_to_sigma(t)`, `denoiser(...)` and `logger` from its host."""
+
+    def sigma_grid(self, steps: int | Sequence[float], discretization: str | None = None,
+                   t_max: float | None = None, t_min: float | None = None,
+                   discard_penultimate_step: bool = False, integer: bool = False) -> torch.Tensor:
+        """Descending k-diffusion sigmas at the visited timesteps, then 0 (CPU float64).
+        With `discard_penultimate_step` one extra timestep is visited and the last positive
+        sigma dropped, so the step count stays `steps`. A list of timesteps is used as is."""
+        if isinstance(steps, int):
+            ts = discretize(discretization, steps + int(discard_penultimate_step), self.num_timesteps,
+                            t_max, t_min, integer)
+        else:
+            ts, discard_penultimate_step = torch.as_tensor(steps, dtype=torch.float64).flatten(), False
+        sigmas = torch.cat([self.t_to_sigma(ts), torch.zeros(1, dtype=torch.float64)])
+        return drop_penultimate(sigmas) if discard_penultimate_step else sigmas
+
+    def sample(self, noise: torch.Tensor | None, model: Callable, model_kwargs: dict | list | None = None,
+               solver: str | Callable = 'ddim', steps: int | Sequence[float] = 50,
+               guide_scale: float | None = None, guide_rescale: float | None = None,
+               discretization: str | None = None, show_progress: bool = False, seed: int | None = None,
+               condition_fn: Callable | None = None, clamp: float | None = None, percentile: float | None = None,
+               t_max: float | None = None, t_min: float | None = None,
+               discard_penultimate_step: bool | None = None, return_intermediate: str | None = None,
+               intermediate_callback: Callable | None = None, x: torch.Tensor | None = None,
+               denoising_strength: float = 1.0, **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, list]:
+        """Run `solver` from `noise` (N(0, I), shaped like a sample) and return x0.
+
+        img2img: with a clean latent `x` and denoising_strength < 1 the run starts part-way
+        (int(steps * strength) steps) from x noised by `noise` (drawn from `seed` when None);
+        strength 1 ignores x. discretization None means linspace. discard_penultimate_step
+        None takes the sampler's default. return_intermediate 'x0' or 'xt' also returns one
+        tensor per step; `intermediate_callback` gets the same value (x0 by default).
+        Other kwargs go to the sampler (eta, s_noise, order, ...)."""
+        if return_intermediate not in (None, 'x0', 'xt'):
+            raise ConfigError(f"return_intermediate: '{return_intermediate}' is not one of None, 'x0', 'xt'")
+        fn = resolve_sampler(solver)
+        if discard_penultimate_step is None:
+            discard_penultimate_step = getattr(fn, 'discard_penultimate_step', False)
+        sigmas = self.sigma_grid(steps, discretization, t_max, t_min, discard_penultimate_step,
+                                 getattr(fn, 'discrete_timesteps', False))
+        start = strength_start(len(sigmas), denoising_strength) if x is not None else 0
+        sigmas = sigmas[start:]
+        x_init, generator = _initial_state(noise, x, start > 0, float(sigmas[0]), seed)
+        denoise = constrain_x0(self.denoiser(model, model_kwargs, guide_scale, guide_rescale),
+                               clamp, percentile, condition_fn)
+        name = solver if isinstance(solver, str) else getattr(solver, '__name__', 'custom')
+        intermediates: list[torch.Tensor] = []
+        # condition_fn may need autograd (e.g. classifier guidance); inference tensors cannot join it.
+        grad_mode = torch.no_grad() if condition_fn is not None else torch.inference_mode()
+        with grad_mode, progress_bar(len(sigmas) - 1, f'sampling ({name})',
+                                     show_progress and we.is_main) as advance:
+            on_step = _step_recorder(advance, return_intermediate, intermediate_callback, intermediates)
+            options, ignored = _accepted(fn, {'generator': generator, 'callback': on_step, **kwargs})
+            if ignored:
+                self.logger.warning(f'sample: solver {name!r} takes no option(s) {", ".join(ignored)}; ignored')
+            out = fn(denoise, x_init, sigmas, **options)
+        return (out, intermediates) if return_intermediate is not None else out
+
+
+def _initial_state(noise: torch.Tensor | None, x: torch.Tensor | None, img2img: bool, sigma: float,
+                   seed: int | None) -> tuple[torch.Tensor, torch.Generator]:
+    """The sampler's starting point on the k-diffusion scale (x0 + sigma * eps) and the
+    seeded generator: pure noise, or the clean latent x noised to `sigma` for img2img."""
+    ref = noise if noise is not None else x
+    if ref is None:
+        raise ConfigError('sample: pass noise (txt2img) or x (img2img)')
+    generator = _generator(seed, ref.device)
+    if noise is None:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if img2img:
+        return x.to(noise.dtype) + noise * sigma, generator
+    return noise * math.sqrt(1.0 + sigma ** 2), generator
+
+
+def _step_recorder(advance: Callable[[], None], mode: str | None, callback: Callable | None,
+                   store: list) -> Callable[[dict], None]:
+    """The per-step sampler callback: advances the progress bar and records x0 or x_t."""
+    def on_step(info: dict) -> None:
+        advance()
+        if mode is None and callback is None:
+            return
+        if mode == 'xt':  # back from k-diffusion scale to the model's x_t
+            value = info['x'] / math.sqrt(1.0 + float(info['sigma']) ** 2)
+        else:
+            value = info['denoised']
+        if mode is not None:
+            store.append(value)
+        if callback is not None:
+            callback(value)
+    return on_step

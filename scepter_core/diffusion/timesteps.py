@@ -1,0 +1,69 @@
+"""Which training timesteps a sampler visits, and the sigma grids built from them.
+
+`discretize` follows diffusers' definitions (Lin et al. 2023, Table 2):
+  leading   t_min + k * ((t_max - t_min + 1) // N), k = N-1 .. 0   (50 of 1000: 980 .. 0)
+  trailing  round(span - k * span / N) - 1 + t_min, k = 0 .. N-1    (50 of 1000: 999 .. 19)
+  linspace  N points evenly spaced from t_max to t_min; fractional unless `integer`
+            (DDIM/DDPM live on the discrete alphas grid and round, as diffusers' DDIM does)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+DISCRETIZATIONS = ('leading', 'linspace', 'trailing')
+
+
+def discretize(discretization: str | None, steps: int, num_timesteps: int, t_max: float | None = None,
+               t_min: float | None = None, integer: bool = False) -> torch.Tensor:
+    """Descending timesteps, float64 [steps]; discretization None means linspace (Scepter's default)."""
+    discretization = discretization or 'linspace'
+    if discretization not in DISCRETIZATIONS:
+        raise ConfigError(f"discretization: '{discretization}' is not one of {', '.join(DISCRETIZATIONS)}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f'steps: expected a positive integer, got {steps!r}')
+    t_max = num_timesteps - 1 if t_max is None else t_max
+    t_min = 0 if t_min is None else t_min
+    if not 0 <= t_min < t_max <= num_timesteps - 1:
+        raise ConfigError(f't_min / t_max: need 0 <= t_min < t_max <= {num_timesteps - 1}, '
+                          f'got t_min={t_min}, t_max={t_max}')
+    if integer:
+        t_max, t_min = int(t_max), int(t_min)
+    span = t_max - t_min + 1
+    if discretization == 'leading':
+        ts = t_min + np.arange(steps)[::-1] * (span // steps)
+    elif discretization == 'trailing':
+        ts = t_min + np.round(np.arange(span, 0, -span / steps))[:steps] - 1
+    else:
+        ts = np.linspace(t_min, t_max, steps)[::-1]
+        ts = np.round(ts) if integer else ts
+    return torch.as_tensor(np.ascontiguousarray(ts), dtype=torch.float64).clamp(t_min, t_max)
+
+
+def karras_sigmas(sigmas: torch.Tensor, rho: float = 7.0) -> torch.Tensor:
+    """Re-space the positive sigmas of a grid as Karras et al. (2022) eq. 5, same ends and
+    count; a trailing zero stays."""
+    positive = sigmas[sigmas > 0]
+    n = len(positive)
+    if n < 2:
+        return sigmas
+    lo, hi = positive.min() ** (1 / rho), positive.max() ** (1 / rho)
+    ramp = torch.linspace(0, 1, n, dtype=sigmas.dtype)
+    out = (hi + ramp * (lo - hi)) ** rho
+    return torch.cat([out, sigmas.new_zeros(len(sigmas) - n)])
+
+
+def drop_penultimate(sigmas: torch.Tensor) -> torch.Tensor:
+    """Remove the last positive sigma so the grid jumps from the one before it to 0."""
+    return torch.cat([sigmas[:-2], sigmas[-1:]]) if len(sigmas) > 2 else sigmas
+
+
+def strength_start(num_sigmas: int, strength: float) -> int:
+    """Index into a grid of `num_sigmas` (last one 0) where img2img begins: it runs
+    int(steps * strength) steps, at least one (diffusers' img2img rule)."""
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError(f'denoising_strength: expected a value in (0, 1], got {strength}')
+    steps = num_sigmas - 1
+    run = min(max(int(steps * strength), 1), steps)
+    return steps - run

@@ -1,0 +1,38 @@
+"""CheckpointHook: atomic checkpoint trees every INTERVAL steps and at the end."""
+from __future__ import annotations
+
+from ..env import we
+from ..registry import HOOKS
+from ..solvers import state as ckpt
+from .base import PRIORITY, BaseHook
+
+
+@HOOKS.register_class()
+class CheckpointHook(BaseHook):
+    """Saves weights (safetensors) and training state; keeps the last KEEP_LAST; `latest` pointer."""
+
+    default_priority = PRIORITY['CHECKPOINT']
+    para_dict = {
+        'INTERVAL': {'value': 1000, 'description': 'Steps between checkpoints.'},
+        'SAVE_LAST': {'value': True, 'description': 'Also save when training ends.'},
+        'KEEP_LAST': {'value': 0, 'description': 'Keep only the newest N checkpoints (0: keep all).'},
+        'SAVE_TRAINING_STATE': {'value': True, 'description': 'Save optimizer/scheduler/RNG state for exact resume.'},
+    }
+
+    def after_iter(self, solver) -> None:
+        if solver.is_step_end and self.cfg.INTERVAL and solver.step % self.cfg.INTERVAL == 0:
+            self._save(solver)
+
+    def after_all_iter(self, solver) -> None:
+        if self.cfg.SAVE_LAST and solver.step > 0 and \
+                (solver.last_checkpoint is None or not solver.last_checkpoint.endswith(ckpt.step_dir_name(solver.step))):
+            self._save(solver)
+
+    def _save(self, solver) -> None:
+        if solver.nonfinite_in_row:  # weights of a diverging run are not a checkpoint worth keeping
+            self.logger.warning(f'step {solver.step}: checkpoint skipped after a non-finite loss')
+            return
+        out = solver.save_checkpoint(with_state=self.cfg.SAVE_TRAINING_STATE)
+        if out is not None and we.is_main:
+            ckpt.prune(out.parent, self.cfg.KEEP_LAST)
+            self.logger.info(f'checkpoint: {out}')

@@ -1,0 +1,42 @@
+"""TensorboardLogHook: real TensorBoard event files of the logged scalars."""
+from __future__ import annotations
+
+from ..env import we
+from ..registry import HOOKS
+from .base import PRIORITY, BaseHook
+
+
+@HOOKS.register_class()
+class TensorboardLogHook(BaseHook):
+    """Writes every value in `solver.log_values` as a scalar each LOG_INTERVAL steps (rank 0)."""
+
+    default_priority = PRIORITY['TENSORBOARD']
+    para_dict = {
+        'LOG_DIR': {'value': None, 'type': str, 'description': 'Event file directory; WORK_DIR/tensorboard when unset.'},
+        'LOG_INTERVAL': {'value': 10, 'description': 'Steps between writes.'},
+    }
+
+    def __init__(self, cfg=None, logger=None):
+        super().__init__(cfg, logger)
+        self.writer = None
+
+    def before_solve(self, solver) -> None:
+        if we.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(self.cfg.LOG_DIR or str(solver.work_dir / 'tensorboard'))
+
+    def after_iter(self, solver) -> None:
+        if self.writer is None or not solver.is_step_end:
+            return
+        if solver.step % self.cfg.LOG_INTERVAL == 0 or solver.step == solver.max_steps or \
+                any(k.startswith('eval/') for k in solver.log_values):
+            for k, v in solver.log_values.items():
+                self.writer.add_scalar(k, v, solver.step)
+            for k in [k for k in solver.log_values if k.startswith('eval/')]:
+                solver.log_values.pop(k)  # eval values are written once, at the step they were measured
+            self.writer.flush()
+
+    def after_solve(self, solver) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

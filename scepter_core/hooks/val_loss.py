@@ -1,0 +1,75 @@
+"""ValLossHook: a deterministic validation loss (fixed samples, noise and timesteps)."""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ..env import we
+from ..registry import DATASETS, HOOKS
+from .base import PRIORITY, BaseHook
+
+
+@HOOKS.register_class()
+class ValLossHook(BaseHook):
+    """Every VAL_INTERVAL steps, the mean training loss over fixed batches under a fixed seed;
+    training's own random streams are left untouched."""
+
+    default_priority = PRIORITY['VAL_LOSS']
+    para_dict = {
+        'VAL_INTERVAL': {'value': 100, 'description': 'Steps between validation losses.'},
+        'NUM_BATCHES': {'value': 4, 'description': 'Batches averaged.'},
+        'SEED': {'value': 1234, 'description': 'Seed of the noise and timesteps.'},
+        'DATA': {'value': None, 'registry': 'DATASETS', 'description': 'Validation data; the training data when unset.'},
+    }
+
+    def __init__(self, cfg=None, logger=None):
+        super().__init__(cfg, logger)
+        self.batches: list | None = None
+        self.history: list[tuple[int, float]] = []
+
+    def _fixed_batches(self, solver) -> list:
+        if self.batches is None:
+            from ..data.loader import build_dataloader
+            data = DATASETS.build(self.cfg.DATA, logger=self.logger) if self.cfg.DATA else solver.datas['train']
+            loader = build_dataloader(data, seed=self.cfg.SEED, rank=we.rank, world_size=we.world_size)
+            it = iter(loader)
+            self.batches = []
+            for _ in range(self.cfg.NUM_BATCHES):
+                batch = next(it)
+                batch.pop('_skipped', None)
+                self.batches.append(batch)
+        return self.batches
+
+    def before_all_iter(self, solver) -> None:
+        # Built up front, before a resumed run restores its RNG state, so that building
+        # them can never shift the training's random streams.
+        with torch.random.fork_rng(devices=[we.device] if we.device.type == 'cuda' else []):
+            self._fixed_batches(solver)
+
+    @torch.no_grad()
+    def value(self, solver) -> float:
+        from ..solvers.base import _to_device
+        model = solver.unwrapped_model
+        was_training = model.training
+        py_state = random.getstate()
+        devices = [we.device] if we.device.type == 'cuda' else []
+        losses = []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.SEED)
+            random.seed(self.cfg.SEED)
+            model.train()
+            for batch in self._fixed_batches(solver):
+                with solver.autocast():
+                    losses.append(float(model.forward_train(**_to_device(batch, we.device))['loss']))
+        random.setstate(py_state)
+        model.train(was_training)
+        return sum(losses) / len(losses)
+
+    def after_iter(self, solver) -> None:
+        if solver.is_step_end and self.cfg.VAL_INTERVAL and solver.step % self.cfg.VAL_INTERVAL == 0:
+            v = self.value(solver)
+            self.history.append((solver.step, v))
+            solver.log_values['val_loss'] = v
+            if we.is_main:
+                self.logger.info(f'step {solver.step}: val_loss {v:.5f}')

@@ -1,0 +1,95 @@
+"""Inference without a solver: build only the model, load weights, sample, write PNGs."""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, apply_overrides
+from .env import we
+from .errors import ConfigError
+from .imports import import_user_code
+from .models.base import device_autocast
+from .registry import MODELS
+from .utils.images import make_grid, save_png
+
+SD15_RECIPE = Path(__file__).parent / 'assets' / 'sd15_inference.yaml'
+
+
+def find_config(pretrained: str | None) -> Path:
+    """The recipe saved next to a checkpoint (step dir, checkpoints dir or work dir), else SD1.5's."""
+    if pretrained:
+        p = Path(pretrained)
+        for d in [p if p.is_dir() else p.parent, *(p if p.is_dir() else p.parent).parents][:4]:
+            if (d / 'config.yaml').is_file():
+                return d / 'config.yaml'
+    return SD15_RECIPE
+
+
+def resolve_weights(path: str) -> str:
+    """A work dir, checkpoints dir, step dir or `latest` pointer -> the weights file."""
+    from .checkpoint import WEIGHTS, find_step_dir
+    step = find_step_dir(path)
+    return str(step / WEIGHTS) if step is not None else str(path)
+
+
+def _clear_sub_weights(model_cfg: Config) -> None:
+    """Whole-model weights replace the submodels' own PRETRAINED_MODEL files."""
+    for key in ('DIFFUSION_MODEL', 'FIRST_STAGE_MODEL'):
+        if model_cfg.get(key):
+            model_cfg[key]['PRETRAINED_MODEL'] = None
+
+
+def build_model(pretrained_model: str | None, cfg_path: str | None = None, overrides: list[str] = (),
+                imports: list[str] = (), logger: logging.Logger | None = None) -> tuple[torch.nn.Module, Config]:
+    """The model of a recipe with whole-model weights loaded; returns (model, recipe)."""
+    path = Path(cfg_path) if cfg_path else find_config(pretrained_model)
+    cfg = Config.load(path)
+    apply_overrides(cfg, overrides)
+    import_user_code(list(imports) + list(cfg.get('IMPORTS') or []), base_dir=str(path))
+    model_cfg = cfg.get_path('SOLVER.MODEL') or cfg.get('MODEL')
+    if not model_cfg:
+        raise ConfigError(f"'{path}': no SOLVER.MODEL block to build")
+    if pretrained_model:
+        _clear_sub_weights(model_cfg)
+        model_cfg['PRETRAINED_MODEL'] = resolve_weights(pretrained_model)
+    elif not model_cfg.get('PRETRAINED_MODEL'):
+        raise ConfigError('no weights: pass --pretrained-model (our checkpoint, an SD single file or a diffusers folder)')
+    model = MODELS.build(model_cfg, logger=logger)
+    return model.eval().to(we.device), cfg
+
+
+def parse_lora_spec(spec: str) -> tuple[str, float]:
+    m = re.fullmatch(r'(.+?)(?::([-+]?[0-9.]+))?', spec)
+    return m.group(1), float(m.group(2)) if m.group(2) else 1.0
+
+
+def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: str, n_prompt: str | None = None,
+                    cfg_path: str | None = None, overrides: list[str] = (), imports: list[str] = (),
+                    lora: list[str] = (), sample_overrides: dict[str, Any] | None = None,
+                    logger: logging.Logger | None = None) -> tuple[list[Path], Path]:
+    """Sample one image per prompt; write `NNNNN.png` files and `grid.png` into out_dir."""
+    from .solvers.latent_diffusion import sample_kwargs
+    logger = logger or logging.getLogger('scepter')
+    model, cfg = build_model(pretrained_model, cfg_path, overrides, imports, logger)
+    if lora:
+        from .tuners import apply_lora_files
+        apply_lora_files(model, list(lora))
+    args = dict(cfg.get_path('SOLVER.SAMPLE_ARGS') or {})
+    args.update({k: v for k, v in (sample_overrides or {}).items() if v is not None})
+    kwargs = sample_kwargs(args)
+    if n_prompt is not None:
+        kwargs['n_prompt'] = [n_prompt] * len(prompts)
+    solver = cfg.get('SOLVER') or Config()
+    dtype = {'float16': torch.float16, 'bfloat16': torch.bfloat16}.get(solver.get('DTYPE'), torch.float32)
+    with torch.inference_mode(), device_autocast(we.device, dtype, enabled=bool(solver.get('USE_AMP'))
+                                                 and we.device.type != 'cpu'):
+        outs = model.forward_test(prompt=list(prompts), show_progress=True, **kwargs)
+    out = Path(out_dir)
+    paths = [save_png(o['image'], out / f'{i:05d}.png') for i, o in enumerate(outs)]
+    grid = out / 'grid.png'
+    make_grid([o['image'] for o in outs], [o['prompt'] for o in outs]).save(grid)
+    return paths, grid

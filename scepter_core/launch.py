@@ -1,0 +1,271 @@
+"""Launchers. Every worker runs `fn(cfg)` (by default `run_worker`: build cfg.SOLVER, solve)
+inside a torch.distributed process group whenever there is more than one process.
+
+- `spawn` (default): this command starts its node's workers with torch.multiprocessing,
+  one per visible GPU, or ENV.NUM_PROCESSES on CPU. Several nodes as in Scepter: run the
+  same command on every node with RANK = node rank, WORLD_SIZE = node count and
+  MASTER_ADDR / MASTER_PORT = node 0's address and a free port.
+- `torchrun`: torchrun started the workers and set RANK, LOCAL_RANK, WORLD_SIZE,
+  MASTER_ADDR and MASTER_PORT; without them the command runs as one process.
+- ENV.USE_PL: a Lightning Trainer runs the solver (lightning_runner.py).
+
+A failing worker ends the job: the spawn parent stops the other workers and raises an
+error naming the failing rank; under torchrun the worker names its rank and torchrun
+stops the others."""
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from .config import Config
+from .env import we
+from .errors import ConfigError, ScepterError
+from .logs import setup_logging
+from .params import honours_recipe_strict
+
+TORCHRUN_VARS = ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+# Errors a worker raises only because another worker went away first.
+_KNOCK_ON = ('Connection closed by peer', 'Connection reset by peer', 'Broken pipe', 'DistNetworkError')
+
+
+class WorkerError(ScepterError):
+    """A worker failed; the message names its rank. Keeps the exit code of the original error."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ---- the process group ------------------------------------------------------------------
+def _env_block(cfg: Config) -> Config:
+    return cfg.get('ENV') or Config()
+
+
+def uses_cuda(env: Config) -> bool:
+    device = env.get('DEVICE')
+    return torch.cuda.is_available() and (not device or str(device).startswith('cuda'))
+
+
+def backend_for(env: Config) -> str:
+    """ENV.BACKEND, else nccl with CUDA and gloo otherwise; nccl without CUDA becomes gloo."""
+    wanted = env.get('BACKEND')
+    if wanted == 'nccl' and not uses_cuda(env):
+        return 'gloo'
+    return wanted or ('nccl' if uses_cuda(env) else 'gloo')
+
+
+def init_process_group(env: Config) -> None:
+    """Join the group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, with
+    ENV.TIMEOUT_MINUTES as the timeout of every collective."""
+    backend = backend_for(env)
+    kwargs: dict[str, Any] = {}
+    if uses_cuda(env):
+        local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        torch.cuda.set_device(local_rank)
+        if backend == 'nccl':
+            kwargs['device_id'] = torch.device('cuda', local_rank)
+    minutes = float(env.get('TIMEOUT_MINUTES') or 30)
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=minutes), **kwargs)
+    we.backend = backend
+
+
+def _leave_process_group(ok: bool) -> None:
+    if dist.is_initialized():
+        if ok:  # nobody leaves while another rank still expects it in a collective
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+# ---- one worker -----------------------------------------------------------------------------
+@honours_recipe_strict  # the recipe's top-level STRICT applies to every build below
+def build_solver(cfg: Config, mode: str = 'train', wrap_model: bool = True) -> Any:
+    """Build cfg.SOLVER in this process and set it up (data, model, optimizer, hooks, resume).
+    `wrap_model=False` leaves DDP to someone else (the Lightning runner)."""
+    from .fs import FS
+    from .params import prepare_config
+    from .registry import SOLVERS
+    env = _env_block(cfg)
+    if env.get('DEVICE'):
+        we.set_device(env.DEVICE)
+    prepare_config(SOLVERS.get(cfg.SOLVER.NAME), cfg.SOLVER, 'SOLVER')  # defaults: WORK_DIR, LOG_FILE, SEED
+    logger = setup_logging(cfg.SOLVER.WORK_DIR, cfg.SOLVER.LOG_FILE, we.rank)
+    we.seed_all(cfg.SOLVER.SEED)
+    if cfg.SOLVER.get('FILE_SYSTEM'):
+        FS.init_fs_client(cfg.SOLVER.FILE_SYSTEM)
+    solver = SOLVERS.build(cfg.SOLVER, logger=logger, mode=mode)
+    solver.cfg_root = cfg
+    solver.wrap_model = wrap_model
+    solver.set_up()
+    return solver
+
+
+@honours_recipe_strict
+def run_worker(cfg: Config, mode: str = 'train') -> Any:
+    """Build the solver from cfg.SOLVER and run it in this process."""
+    solver = build_solver(cfg, mode)
+    solver.solve()
+    return solver
+
+
+def _default_fn(mode: str) -> Callable[[Config], Any]:
+    return functools.partial(run_worker, mode=mode)
+
+
+def _run_in_group(cfg: Config, fn: Callable[[Config], Any]) -> Any:
+    init_process_group(_env_block(cfg))
+    ok = False
+    try:
+        out = fn(cfg)
+        ok = True
+        return out
+    finally:
+        _leave_process_group(ok)
+
+
+# ---- torchrun -------------------------------------------------------------------------------
+def under_torchrun() -> bool:
+    return 'TORCHELASTIC_RUN_ID' in os.environ
+
+
+def _run_torchrun(cfg: Config, fn: Callable[[Config], Any]) -> Any:
+    if int(os.environ.get('WORLD_SIZE', '1')) <= 1:  # `--launcher torchrun` alone: one process
+        return fn(cfg)
+    missing = [k for k in TORCHRUN_VARS if k not in os.environ]
+    if missing:
+        raise ConfigError(f"ENV.LAUNCHER torchrun: {', '.join(missing)} not set; start the command with "
+                          f"torchrun (torchrun --nproc_per_node N -m scepter_cli train --cfg ... --launcher torchrun)")
+    os.environ.setdefault('LOCAL_RANK', os.environ['RANK'])
+    try:
+        return _run_in_group(cfg, fn)
+    except Exception as e:
+        rank = os.environ['RANK']
+        raise WorkerError(f'rank {rank}: {_describe(e)}', getattr(e, 'exit_code', 1)) from e
+
+
+def _describe(e: BaseException) -> str:
+    return str(e) if isinstance(e, ScepterError) else f'{type(e).__name__}: {e}'
+
+
+# ---- spawn ------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this worker when the launching process dies, however it dies (Linux), so a
+    killed job never leaves workers behind."""
+    if sys.platform.startswith('linux'):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+
+
+def _spawned(local_rank: int, cfg: Config, fn: Callable[[Config], Any], nprocs: int, node_rank: int,
+             nnodes: int, report_dir: str, user_code: list[str]) -> None:
+    _die_with_parent()
+    rank = node_rank * nprocs + local_rank
+    os.environ.update({'LOCAL_RANK': str(local_rank), 'RANK': str(rank), 'WORLD_SIZE': str(nprocs * nnodes),
+                       'LOCAL_WORLD_SIZE': str(nprocs), 'GROUP_RANK': str(node_rank)})
+    if not uses_cuda(_env_block(cfg)) and 'OMP_NUM_THREADS' not in os.environ:
+        from .data.loader import usable_cores  # CPU workers share the cores instead of each taking all
+        torch.set_num_threads(max(1, usable_cores() // nprocs))
+    try:
+        from .imports import import_user_code
+        import_user_code(user_code)  # classes the parent registered through --import / IMPORTS
+        _run_in_group(cfg, fn)
+    except Exception as e:
+        report = {'message': _describe(e), 'exit_code': getattr(e, 'exit_code', 1), 'time': time.time()}
+        (Path(report_dir) / f'rank-{local_rank}.json').write_text(json.dumps(report))
+        raise
+
+
+def _root_cause(context: Any, report_dir: Path, first: int) -> tuple[int, str, int]:
+    """(local rank, message, exit code) of the worker that failed first: one killed by a signal
+    other than the SIGTERM the launcher sends, else the earliest error that is not a
+    consequence of another worker going away, else the one torch reported."""
+    reports = {i: json.loads((report_dir / f'rank-{i}.json').read_text())
+               for i in range(len(context.processes)) if (report_dir / f'rank-{i}.json').is_file()}
+    for i, p in enumerate(context.processes):
+        if p.exitcode is not None and p.exitcode < 0 and -p.exitcode != signal.SIGTERM and i not in reports:
+            return i, f'died from signal {signal.Signals(-p.exitcode).name}', 1
+    causes = sorted((r['time'], i) for i, r in reports.items() if not any(k in r['message'] for k in _KNOCK_ON))
+    i = causes[0][1] if causes else first
+    if i in reports:
+        return i, f"failed: {reports[i]['message']}", int(reports[i]['exit_code'])
+    code = context.processes[i].exitcode
+    return i, f'exited with code {code}', 1
+
+
+def _run_spawn(cfg: Config, fn: Callable[[Config], Any]) -> Any:
+    env = _env_block(cfg)
+    nprocs = torch.cuda.device_count() if uses_cuda(env) else int(env.get('NUM_PROCESSES') or 1)
+    nnodes = int(os.environ.get('WORLD_SIZE', 1))  # Scepter's spawn mode: WORLD_SIZE counts nodes,
+    node_rank = int(os.environ.get('RANK', 0))     # RANK is this node's rank
+    if nprocs * nnodes <= 1:
+        return fn(cfg)
+    if not 0 <= node_rank < nnodes:
+        raise ConfigError(f'spawn launcher: RANK (the node rank) is {node_rank}, but WORLD_SIZE (the node count) '
+                          f'is {nnodes}')
+    if nnodes > 1 and not os.environ.get('MASTER_ADDR'):
+        raise ConfigError('spawn launcher on several nodes: set MASTER_ADDR (and MASTER_PORT) to the address '
+                          'of node 0 on every node')
+    os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
+    os.environ.setdefault('MASTER_PORT', str(_free_port()))
+    import torch.multiprocessing as mp
+    from .imports import LOADED
+    with tempfile.TemporaryDirectory(prefix='scepter-workers-') as report_dir:
+        context = mp.start_processes(_spawned, nprocs=nprocs, join=False, start_method='spawn',
+                                     args=(cfg, fn, nprocs, node_rank, nnodes, report_dir, list(LOADED)))
+        try:
+            while not context.join():
+                pass
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+            i, message, code = _root_cause(context, Path(report_dir), e.error_index)
+            raise WorkerError(f'worker rank {node_rank * nprocs + i} {message}; the other workers were stopped',
+                              code) from e
+    return None
+
+
+# ---- entry ----------------------------------------------------------------------------------------
+def is_first_process() -> bool:
+    """False in workers of rank > 0 that torchrun or Lightning started (each runs the whole
+    command) and on spawn nodes other than node 0: run-level files such as
+    WORK_DIR/config.yaml are written once."""
+    return int(os.environ.get('LOCAL_RANK', 0)) == 0 and int(os.environ.get('RANK', 0)) == 0
+
+
+def launch(cfg: Config, mode: str = 'train', fn: Callable[[Config], Any] | None = None) -> Any:
+    """Start the workers cfg.ENV asks for and run `fn(cfg)` in each (default: build
+    cfg.SOLVER and solve in `mode`). Returns fn's result when it ran in this process."""
+    env = _env_block(cfg)
+    if env.get('USE_PL') and mode == 'train' and fn is None:
+        from .lightning_runner import run_lightning
+        return run_lightning(cfg)
+    fn = fn or _default_fn(mode)
+    if env.get('LAUNCHER') == 'torchrun' or under_torchrun():
+        return _run_torchrun(cfg, fn)
+    return _run_spawn(cfg, fn)
+
+
+def wrap_distributed(model: torch.nn.Module, cfg: Config, logger: Any) -> torch.nn.Module:
+    """DDP (or FSDP with USE_FSDP) around a model that has trainable parameters."""
+    if cfg.get('USE_FSDP'):
+        from .fsdp import wrap_fsdp
+        return wrap_fsdp(model, cfg, logger)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ids = [we.device.index] if we.device.type == 'cuda' else None
+    # gradients as views of DDP's buckets: no copy, and no layout warnings for channels-last grads
+    return DDP(model, device_ids=ids, gradient_as_bucket_view=True)

@@ -1,0 +1,112 @@
+"""ENV.USE_PL: the solver's model and training loop under a Lightning Trainer.
+
+Lightning starts the processes (one per GPU, or ENV.NUM_PROCESSES on CPU; several nodes
+with WORLD_SIZE = node count and RANK = node rank as in the spawn launcher, or under
+torchrun / SLURM as Lightning detects them), joins the process group and wraps the model in
+DDP. Each training step is the solver's own (`BaseSolver.train_step`): its hooks do the
+backward pass, the optimizer step, logging, probes and checkpoints, in our format.
+Install with `pip install 'scepter-forge[lightning]'`."""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import time
+import warnings
+from typing import Any
+
+import torch
+
+from .config import Config
+from .errors import ConfigError
+
+try:
+    import lightning.pytorch as pl
+except ImportError:  # the older distribution name
+    try:
+        import pytorch_lightning as pl
+    except ImportError:
+        pl = None
+
+
+def lightning_available() -> bool:
+    return pl is not None
+
+
+class SolverModule(pl.LightningModule if pl else object):
+    """A LightningModule whose training step is one micro-batch of the solver's loop."""
+
+    def __init__(self, recipe: Config):
+        super().__init__()
+        self.recipe = recipe
+        self.solver: Any = None
+        self.automatic_optimization = False  # the solver's BackwardHook steps the optimizer
+        self._fetch_started = 0.0
+
+    def setup(self, stage: str) -> None:
+        from .launch import build_solver
+        # The process group exists now; Lightning (not the solver) wraps the model in DDP.
+        self.solver = build_solver(self.recipe, 'train', wrap_model=False)
+        self.net = self.solver.model
+
+    def configure_optimizers(self) -> Any:
+        return self.solver.optimizer
+
+    def train_dataloader(self) -> Any:
+        return self.solver.train_loader()
+
+    def on_train_start(self) -> None:
+        self.solver.before_solve()
+        self.solver.begin_train()
+        self._fetch_started = time.perf_counter()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        solver = self.solver
+        fetched = time.perf_counter()
+        solver.skipped_samples += int(batch.pop('_skipped', 0) or 0)
+        solver.call_hooks('before_iter')
+        # The solver's BackwardHook calls loss.backward() itself: ready Lightning's DDP for it
+        # as manual_backward would (otherwise, in manual optimization, gradients are not synced).
+        self.trainer.strategy.pre_backward(torch.zeros(()))
+        solver.train_step(batch, self._fetch_started, fetched)
+        if solver.step >= solver.max_steps:
+            self.trainer.should_stop = True
+        self._fetch_started = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        self.solver.call_hooks('after_all_iter')
+        self.solver.after_solve()
+
+
+def _num_nodes(devices: int) -> int:
+    if 'LOCAL_RANK' in os.environ and 'WORLD_SIZE' in os.environ:  # a worker Lightning started
+        return max(int(os.environ['WORLD_SIZE']) // devices, 1)
+    os.environ.setdefault('NODE_RANK', os.environ.get('RANK', '0'))  # Scepter: RANK is the node rank
+    return int(os.environ.get('WORLD_SIZE', 1))                     # and WORLD_SIZE the node count
+
+
+def run_lightning(cfg: Config) -> Any:
+    """Train cfg.SOLVER under a Lightning Trainer; returns the solver (in this process)."""
+    if pl is None:
+        raise ConfigError("ENV.USE_PL: Lightning is not installed; pip install 'scepter-forge[lightning]' "
+                          "(or set ENV.USE_PL to false)")
+    from .launch import backend_for, uses_cuda
+    env = cfg.get('ENV') or Config()
+    cuda = uses_cuda(env)
+    devices = torch.cuda.device_count() if cuda else int(env.get('NUM_PROCESSES') or 1)
+    nodes = _num_nodes(devices)
+    strategy: Any = 'auto'
+    if devices * nodes > 1:
+        strategy = pl.strategies.DDPStrategy(process_group_backend=backend_for(env),
+                                             timeout=datetime.timedelta(minutes=float(env.get('TIMEOUT_MINUTES') or 30)))
+    for name in ('lightning.pytorch', 'pytorch_lightning', 'lightning.fabric'):
+        logging.getLogger(name).setLevel(logging.WARNING)  # our LogHook reports progress
+    # frozen parts (autoencoder, text encoder) stay in eval mode on purpose
+    warnings.filterwarnings('ignore', message=r'Found \d+ module\(s\) in eval mode')
+    trainer = pl.Trainer(accelerator='gpu' if cuda else 'cpu', devices=devices, num_nodes=nodes, strategy=strategy,
+                         precision='32-true', logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, max_epochs=-1, max_steps=-1, use_distributed_sampler=False,
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    module = SolverModule(cfg)
+    trainer.fit(module)
+    return module.solver

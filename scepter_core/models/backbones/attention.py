@@ -1,0 +1,125 @@
+"""Cross-attention transformer of the LDM UNet, with original (CompVis) parameter names:
+`norm`, `proj_in`, `transformer_blocks.N.{attn1,attn2,ff,norm1..3}`, `proj_out`."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .unet_blocks import maybe_checkpoint
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention over `context` (self-attention when it is None), through SDPA."""
+
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8,
+                 dim_head: int = 64, dropout: float = 0.0):
+        super().__init__()
+        inner = heads * dim_head
+        context_dim = context_dim or query_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        b, n, _ = x.shape
+        # [B, L, H*D] -> [B, H, L, D] as strided views; SDPA accepts them without a copy.
+        q = self.to_q(x).view(b, n, self.heads, -1).transpose(1, 2)
+        k = self.to_k(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
+        v = self.to_v(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class GEGLU(nn.Module):
+    """Gated GELU projection (`proj` holds both halves)."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """`net.0` GEGLU, `net.1` dropout, `net.2` output projection (LDM layout)."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        inner = dim * mult
+        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(dropout), nn.Linear(inner, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Self-attention (or cross-only when disabled), cross-attention, feed-forward; pre-norm."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None,
+                 dropout: float = 0.0, disable_self_attn: bool = False):
+        super().__init__()
+        self.disable_self_attn = disable_self_attn
+        self.attn1 = CrossAttention(dim, context_dim if disable_self_attn else None, heads, dim_head, dropout)
+        self.ff = FeedForward(dim, dropout=dropout)
+        self.attn2 = CrossAttention(dim, context_dim, heads, dim_head, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        # Residuals are added in place into fresh projection outputs (autograd keeps none of them).
+        x = self.attn1(self.norm1(x), context if self.disable_self_attn else None).add_(x)
+        x = self.attn2(self.norm2(x), context).add_(x)
+        return self.ff(self.norm3(x)).add_(x)
+
+
+class SpatialTransformer(nn.Module):
+    """Image features -> tokens -> transformer blocks -> image features, plus the residual.
+    `use_linear` chooses Linear projections (SD2 style) over 1x1 convolutions (SD1)."""
+
+    def __init__(self, channels: int, heads: int, dim_head: int, depth: int = 1,
+                 context_dim: int | None = None, dropout: float = 0.0, disable_self_attn: bool = False,
+                 use_linear: bool = False, use_checkpoint: bool = False):
+        super().__init__()
+        inner = heads * dim_head
+        self.use_linear = use_linear
+        self.use_checkpoint = use_checkpoint
+        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv2d(channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout, disable_self_attn)
+            for _ in range(depth))
+        self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv2d(inner, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)  # the block starts as the identity
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                size: torch.Size | None = None) -> torch.Tensor:
+        return maybe_checkpoint(self, self._forward, x, context)
+
+    def _forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        b, _, h, w = x.shape
+        tokens = self.norm(x)
+        if not self.use_linear:
+            tokens = self.proj_in(tokens)
+        # NCHW -> [B, HW, C]: free for channels_last input, one copy otherwise.
+        tokens = tokens.permute(0, 2, 3, 1).reshape(b, h * w, -1)
+        if self.use_linear:
+            tokens = self.proj_in(tokens)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context)
+        if self.use_linear:
+            tokens = self.proj_out(tokens)
+        out = tokens.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous() else torch.contiguous_format
+        out = out.contiguous(memory_format=fmt)
+        if not self.use_linear:
+            out = self.proj_out(out)
+        return out.add_(x)

@@ -1,0 +1,2 @@
+"""Networks: complete trainable models (LatentDiffusion)."""
+from . import latent_diffusion  # noqa: F401

@@ -1,0 +1,219 @@
+"""LatentDiffusion: a UNet denoising in the latent space of an autoencoder,
+conditioned on text (Stable Diffusion 1.5 and the tiny default example)."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import random
+from typing import Any
+
+import torch
+
+from ...checkpoint import LoadReport, load_into, matches_any
+from ...config import Config
+from ...env import we
+from ...registry import BACKBONES, DIFFUSIONS, EMBEDDERS, LOSSES, MODELS, TOKENIZERS
+from ..base import TrainModule
+
+
+@MODELS.register_class()
+class LatentDiffusion(TrainModule):
+    """Text-to-image latent diffusion (the seed's network class)."""
+
+    para_dict = {
+        'PARAMETERIZATION': {'value': 'eps', 'choices': ('eps', 'v', 'x0'), 'description': 'What the UNet predicts.'},
+        'TIMESTEPS': {'value': 1000, 'description': 'Training timesteps.'},
+        'SCHEDULE_ARGS': {'value': {'NAME': 'scaled_linear', 'BETA_MIN': 0.00085, 'BETA_MAX': 0.012},
+                          'description': 'Noise schedule block (NOISE_SCHEDULES).'},
+        'MIN_SNR_GAMMA': {'value': None, 'type': float, 'description': 'Min-SNR loss weighting gamma (e.g. 5).'},
+        'ZERO_TERMINAL_SNR': {'value': False, 'description': 'Rescale the schedule to zero terminal SNR.'},
+        'NOISE_OFFSET': {'value': 0.0, 'description': 'Offset noise strength for training.'},
+        'PRETRAINED_MODEL': {'value': None, 'type': str,
+                             'description': 'Whole-model weights: SD single file, diffusers folder or our checkpoint.'},
+        'IGNORE_KEYS': {'value': [], 'description': 'Key prefixes/regexes not to load from PRETRAINED_MODEL.'},
+        'SCALE_FACTOR': {'value': 0.18215, 'type': float,
+                         'description': 'Latent scale; null estimates 1/std from the first training batch.'},
+        'SIZE_FACTOR': {'value': 8, 'description': 'Pixels per latent cell.'},
+        'IMAGE_SIZE': {'value': [512, 512], 'description': 'Default [height, width] for sampling.'},
+        'DEFAULT_N_PROMPT': {'value': '', 'type': str, 'description': 'Negative prompt used at test time when none is given.'},
+        'TRAIN_N_PROMPT': {'value': '', 'type': str, 'description': 'Prompt that replaces a caption with probability P_ZERO.'},
+        'P_ZERO': {'value': 0.0, 'description': 'Caption dropout probability (enables classifier-free guidance).'},
+        'USE_EMA': {'value': False, 'description': 'Keep an EMA copy of the UNet (model_ema) and sample with it.'},
+        'DIFFUSION': {'value': {'NAME': 'GaussianDiffusion'}, 'registry': 'DIFFUSIONS',
+                      'description': 'Diffusion process; schedule, timesteps and parameterization come from the keys above.'},
+        'DIFFUSION_MODEL': {'value': {'NAME': 'DiffusionUNet'}, 'registry': 'BACKBONES', 'description': 'The denoiser.'},
+        'FIRST_STAGE_MODEL': {'value': {'NAME': 'AutoencoderKL'}, 'registry': 'MODELS', 'description': 'The autoencoder.'},
+        'COND_STAGE_MODEL': {'value': {'NAME': 'FrozenCLIPEmbedder'}, 'registry': 'EMBEDDERS', 'description': 'Text encoder.'},
+        'TOKENIZER': {'value': {'NAME': 'ClipTokenizer'}, 'registry': 'TOKENIZERS', 'description': 'Prompt tokenizer.'},
+        'LOSS': {'value': None, 'registry': 'LOSSES', 'description': 'Elementwise loss block; LOSS_TYPE l2 when unset.'},
+    }
+
+    latent_cache = None  # a LatentCache when SOLVER.CACHE_LATENTS is on (solvers/fast_paths.py)
+
+    def __init__(self, cfg: Config | dict, logger: logging.Logger | None = None):
+        super().__init__(cfg, logger=logger)
+        cfg = self.cfg
+        self.model_config = cfg.DIFFUSION_MODEL
+        self.first_stage_config = cfg.FIRST_STAGE_MODEL
+        self.cond_stage_config = cfg.COND_STAGE_MODEL
+        # With whole-model weights, the UNet and VAE (unless they load their own file) are built
+        # on meta: the file's tensors become their parameters, with no random init to discard.
+        with _meta_if(cfg.PRETRAINED_MODEL and not self.model_config.get('PRETRAINED_MODEL')):
+            self.model = BACKBONES.build(self.model_config, logger=self.logger)
+        with _meta_if(cfg.PRETRAINED_MODEL and not self.first_stage_config.get('PRETRAINED_MODEL')):
+            self.first_stage_model = MODELS.build(self.first_stage_config, logger=self.logger)
+        self.first_stage_model.freeze()  # trained separately (its own recipe), never by the diffusion loss
+        self.cond_stage_model = EMBEDDERS.build(self.cond_stage_config, logger=self.logger) \
+            if self.cond_stage_config else None
+        self.tokenizer = TOKENIZERS.build(cfg.TOKENIZER, logger=self.logger) if cfg.TOKENIZER else \
+            getattr(self.cond_stage_model, 'tokenizer', None)
+        self.loss = LOSSES.build(cfg.LOSS, logger=self.logger) if cfg.LOSS else None
+        diffusion = Config(cfg.DIFFUSION.to_dict())
+        diffusion.update({'SCHEDULE': cfg.SCHEDULE_ARGS.to_dict(), 'TIMESTEPS': cfg.TIMESTEPS,
+                          'PREDICTION_TYPE': cfg.PARAMETERIZATION, 'ZERO_TERMINAL_SNR': cfg.ZERO_TERMINAL_SNR,
+                          'MIN_SNR_GAMMA': cfg.MIN_SNR_GAMMA, 'NOISE_OFFSET': cfg.NOISE_OFFSET})
+        self.diffusion = DIFFUSIONS.build(diffusion, logger=self.logger)
+        self.num_timesteps = cfg.TIMESTEPS
+        self.p_zero = cfg.P_ZERO
+        self.train_n_prompt = cfg.TRAIN_N_PROMPT or ''  # Scepter's recipes leave these null
+        self.default_n_prompt = cfg.DEFAULT_N_PROMPT or ''
+        self.size_factor = cfg.SIZE_FACTOR
+        # Saved with the weights so a checkpoint carries the scale it was trained with.
+        self.register_buffer('scale_factor', torch.tensor(cfg.SCALE_FACTOR if cfg.SCALE_FACTOR else 0.0))
+        self.model_ema = None
+        if cfg.USE_EMA:
+            self.model_ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        if cfg.PRETRAINED_MODEL:
+            self.load_pretrained_model(cfg.PRETRAINED_MODEL)
+
+    # ---- weights -----------------------------------------------------------------
+    def load_pretrained_model(self, path: str, use_ema: bool = False) -> LoadReport:
+        """Load whole-model weights from any supported format (SD single file, diffusers, ours).
+
+        Runs before an optimizer holds the parameters, so the file's tensors are assigned,
+        not copied: from a safetensors file the parameters become views of its memory map.
+        Initial tensors they replace (the text encoder's, or all of them when called later)
+        are released first, so two copies of the weights never coexist; a float16 file read
+        into a float32 model still needs the converted copy. Without EMA weights in the file,
+        `model_ema` starts as the UNet (its own copy)."""
+        from ...convert import load_pipeline_state
+        from ...convert.ldm import EMA_COUNTERS, EMA_PREFIX
+        from ...fs import FS
+        sd = load_pipeline_state(FS.get_from(path), use_ema=use_ema)
+        if self.model_ema is not None and not any(k.startswith(EMA_PREFIX) and k not in EMA_COUNTERS for k in sd):
+            sd.update({EMA_PREFIX + k[len('model.'):]: v.clone() for k, v in sd.items() if k.startswith('model.')})
+        seen: set[int] = set()
+        for key, value in sd.items():  # one tensor under two names (use_ema): each module gets its own
+            if id(value) in seen:
+                sd[key] = value.clone()
+            seen.add(id(value))
+        release_replaced(self, sd, self.cfg.IGNORE_KEYS)
+        return load_into(self, sd, ignore_keys=self.cfg.IGNORE_KEYS, logger=self.logger, source=str(path),
+                         assign=True)
+
+    # ---- encoders ------------------------------------------------------------------
+    def encode_first_stage(self, image: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        trainable = any(p.requires_grad for p in self.first_stage_model.parameters())
+        with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
+            if self.latent_cache is not None and not trainable:  # SOLVER.CACHE_LATENTS
+                z = self.latent_cache.encode_images(self.first_stage_model, image)
+            else:
+                z = self.first_stage_model.encode(image)
+        if float(self.scale_factor) == 0.0:  # SCALE_FACTOR null: unit-variance latents, fixed once
+            std = z.detach().float().std()
+            if we.is_distributed:
+                torch.distributed.all_reduce(std)
+                std /= we.world_size
+            self.scale_factor.fill_(1.0 / max(float(std), 1e-6))
+            self.logger.info(f'SCALE_FACTOR estimated from the first batch: {float(self.scale_factor):.5f}')
+        return z * self.scale_factor.to(z.dtype)
+
+    def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
+        return self.first_stage_model.decode(z / self.scale_factor.to(z.dtype))
+
+    def encode_condition(self, tokens: torch.Tensor, method: str = 'encode_text') -> torch.Tensor:
+        return getattr(self.cond_stage_model, method)(tokens)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        def encode(texts: list[str]) -> torch.Tensor:
+            return self.encode_condition(self.tokenizer(texts).to(we.device_id))
+        if self.latent_cache is not None:  # SOLVER.CACHE_LATENTS: memoised while the text encoder is frozen
+            return self.latent_cache.encode_texts(self.cond_stage_model, prompts, encode)
+        return encode(prompts)
+
+    def noise_sample(self, batch: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
+        c = self.cfg.DIFFUSION_MODEL.IN_CHANNELS
+        dev = next(self.model.parameters()).device
+        return torch.randn(batch, c, h, w, generator=generator, device=generator.device).to(dev)
+
+    # ---- training --------------------------------------------------------------------
+    def forward_train(self, image: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                      prompt: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        x_start = self.encode_first_stage(image, **kwargs)
+        t = torch.randint(0, self.num_timesteps, (x_start.shape[0],), device=x_start.device).long()
+        context = {}
+        if prompt and self.cond_stage_model is not None:
+            prompt = [self.train_n_prompt if random.random() < self.p_zero else p for p in prompt]
+            context = self.encode_prompts(prompt)
+        loss = self.diffusion.loss(x0=x_start, t=t, model=self.model, model_kwargs={'cond': context},
+                                   noise=noise, loss_fn=self.loss)
+        return {'loss': loss.mean(), 'probe_data': {'prompt': prompt}}
+
+    # ---- sampling ----------------------------------------------------------------------
+    @torch.no_grad()
+    def forward_test(self, prompt: list[str] | None = None, n_prompt: list[str] | None = None,
+                     sampler: str = 'ddim', sample_steps: int = 50, seed: int = 2023,
+                     guide_scale: float = 7.5, guide_rescale: float = 0.5, discretization: str = 'trailing',
+                     image_size: list[int] | int | None = None, use_ema: bool | None = None,
+                     show_progress: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if not prompt:
+            raise ValueError('forward_test needs at least one prompt')
+        n_prompt = n_prompt if n_prompt is not None else [self.default_n_prompt] * len(prompt)
+        if isinstance(n_prompt, str):
+            n_prompt = [n_prompt] * len(prompt)
+        if len(n_prompt) != len(prompt):
+            raise ValueError(f'{len(prompt)} prompts but {len(n_prompt)} negative prompts')
+        seed = seed if seed is not None and seed >= 0 else random.randint(0, 2 ** 32 - 1)
+        dev = next(self.model.parameters()).device
+        g = torch.Generator(device=dev).manual_seed(seed)
+        h, w = (image_size, image_size) if isinstance(image_size, int) else (image_size or self.cfg.IMAGE_SIZE)
+        context = self.encode_prompts(prompt)
+        null_context = self.encode_prompts(n_prompt)
+        noise = self.noise_sample(len(prompt), h // self.size_factor, w // self.size_factor, g)
+        use_ema = self.model_ema is not None if use_ema is None else use_ema
+        net = self.model_ema if use_ema and self.model_ema is not None else self.model
+        samples = self.diffusion.sample(solver=sampler, noise=noise, model=net,
+                                        model_kwargs=[{'cond': context}, {'cond': null_context}],
+                                        steps=sample_steps, guide_scale=guide_scale, guide_rescale=guide_rescale,
+                                        discretization=discretization, show_progress=show_progress, seed=seed,
+                                        **kwargs)
+        x = self.decode_first_stage(samples).float()
+        x = torch.clamp((x + 1.0) / 2.0, 0.0, 1.0)
+        return [{'prompt': p, 'n_prompt': n, 'image': img} for p, n, img in zip(prompt, n_prompt, x)]
+
+
+def _meta_if(condition: Any) -> contextlib.AbstractContextManager:
+    return torch.device('meta') if condition else contextlib.nullcontext()
+
+
+def release_replaced(module: torch.nn.Module, sd: dict[str, torch.Tensor], ignore_keys: list[str]) -> int:
+    """Move to the meta device every parameter and buffer of `module` that `sd` will replace
+    (same name and shape, not ignored), freeing its memory before the new tensors are read.
+    Returns the number released; `load_into` gives the meta ones the new tensors."""
+    released = 0
+    for name, sub in module.named_modules():
+        prefix = f'{name}.' if name else ''
+        for table in (sub._parameters, sub._buffers):
+            for key, t in table.items():
+                full = prefix + key
+                new = sd.get(full)
+                if t is None or t.is_meta or new is None or tuple(new.shape) != tuple(t.shape) \
+                        or key in sub._non_persistent_buffers_set or matches_any(full, ignore_keys or ()):
+                    continue
+                meta = torch.empty_like(t, device='meta')
+                table[key] = torch.nn.Parameter(meta, t.requires_grad) if isinstance(t, torch.nn.Parameter) else meta
+                released += 1
+    return released

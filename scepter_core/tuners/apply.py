@@ -1,0 +1,212 @@
+"""Putting adapters into a network and reading them back: the calls the solver makes
+(`apply_tuners`, `tuner_state_dict`, `is_tuned`) and loading a `LoraState` into a model."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..base import get_logger
+from ..config import Config
+from ..errors import CheckpointError
+from ..registry import TUNERS
+from .lora import LoRA
+from .state import ADAPTER_KEY, LoraState, adapter_entries, block_for, is_adapter_key
+
+RECORD_ATTR = '_scepter_tuners'
+
+
+@dataclass
+class TunerRecord:
+    """What a tuned model remembers about its adapters (for saving them with their configs)."""
+
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)   # adapter -> LoRA block
+    trainable: set[str] = field(default_factory=set)
+    bias_keys: set[str] = field(default_factory=set)                   # biases trained beside the adapters
+    base_hash: str = ''
+
+
+def lora_layers(model: nn.Module) -> dict[str, Any]:
+    """name -> peft LoraLayer of every adapted module."""
+    from peft.tuners.lora import LoraLayer
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def adapter_names(model: nn.Module) -> list[str]:
+    names: dict[str, None] = {}
+    for layer in lora_layers(model).values():
+        names.update(dict.fromkeys(layer.lora_A))
+    return list(names)
+
+
+def is_tuned(model: nn.Module) -> bool:
+    """True if `model` holds any (unmerged) adapter."""
+    return bool(lora_layers(model))
+
+
+def base_model_hash(model: nn.Module) -> str:
+    """A fingerprint of the base weights (names, shapes and a strided sample of values of every
+    non-adapter tensor), cheap enough for SD-sized models; unchanged by adapter injection."""
+    h = hashlib.sha256()
+    for key, t in sorted(model.state_dict().items()):
+        if is_adapter_key(key) or t.is_meta:
+            continue
+        h.update(key.replace('.base_layer.', '.').encode())
+        h.update(str(tuple(t.shape)).encode())
+        flat = t.detach().reshape(-1)
+        sample = flat[::max(1, flat.numel() // 1024)][:1024]
+        h.update(sample.to('cpu', torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def record_of(model: nn.Module) -> TunerRecord:
+    """The model's tuner record, created (with the base-weight hash) on first use."""
+    record = model.__dict__.get(RECORD_ATTR)
+    if record is None:
+        record = TunerRecord(base_hash=base_model_hash(model))
+        model.__dict__[RECORD_ATTR] = record
+    return record
+
+
+def free_adapter_name(model: nn.Module, preferred: str | None = None) -> str:
+    taken = set(adapter_names(model)) | set(record_of(model).configs)
+    if preferred and preferred not in taken:
+        return preferred
+    n = 0
+    while f'lora{n}' in taken:
+        n += 1
+    return f'lora{n}'
+
+
+def _bias_keys(model: nn.Module, modules: list[str], bias: str) -> set[str]:
+    """Biases that train with BIAS lora_only (those of adapted layers) or all (peft: every bias)."""
+    if bias == 'lora_only':
+        params = dict(model.named_parameters())
+        return {f'{m}.base_layer.bias' for m in modules if f'{m}.base_layer.bias' in params}
+    if bias == 'all':
+        return {n for n, _ in model.named_parameters() if n.endswith('.bias')}
+    return set()
+
+
+def settle(model: nn.Module) -> None:
+    """Every adapter of every layer active; only trainable adapters (and their biases) have
+    gradients, every other parameter is frozen."""
+    record = record_of(model)
+    for layer in lora_layers(model).values():
+        layer.set_adapter(list(layer.lora_A))
+    for name, p in model.named_parameters():
+        m = ADAPTER_KEY.match(name)
+        p.requires_grad_(bool(m and m['adapter'] in record.trainable) or name in record.bias_keys)
+
+
+def _warn_without_grad(model: nn.Module, logger: logging.Logger) -> None:
+    """Adapters inside an embedder that computes no gradients (USE_GRAD false) never train."""
+    for child_name, child in model.named_children():
+        cfg = getattr(child, 'cfg', None)
+        if cfg is None or 'USE_GRAD' not in cfg or cfg.USE_GRAD:
+            continue
+        if any(p.requires_grad for p in child.parameters()):
+            logger.warning(f'{child_name} has trainable adapters but computes no gradients: set '
+                           f'{child_name.upper()}.USE_GRAD: true in the MODEL block, or they stay at init')
+
+
+def apply_tuners(model: nn.Module, tuner_cfg: list | Config | dict | str,
+                 logger: logging.Logger | None = None) -> nn.Module:
+    """Inject the adapters SOLVER.TUNER describes (a list of TUNERS blocks, one block, or the
+    path of a trained adapter) and freeze every other parameter. Returns `model` (changed in place)."""
+    logger = logger or get_logger()
+    items = list(tuner_cfg) if isinstance(tuner_cfg, (list, tuple)) else [tuner_cfg]
+    if not any(items):
+        return model
+    record = record_of(model)
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            from .files import load_adapter
+            load_adapter(model, str(item), trainable=True, logger=logger)
+            continue
+        tuner = TUNERS.build(item, logger=logger)
+        name = free_adapter_name(model)
+        modules = tuner.inject(model, name)
+        record.configs[name] = tuner.to_dict()
+        record.trainable.add(name)
+        record.bias_keys |= _bias_keys(model, modules, tuner.cfg.BIAS or 'none')
+        logger.info(f'{type(tuner).__name__} adapter {name}: rank {tuner.cfg.R} on {len(modules)} modules '
+                    f'(e.g. {modules[0]})')
+    settle(model)
+    _warn_without_grad(model, logger)
+    return model
+
+
+def tuner_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter weights (and biases trained with them), named as in `model.state_dict()`."""
+    bias_keys = record_of(model).bias_keys
+    return {k: v for k, v in model.state_dict().items() if is_adapter_key(k) or k in bias_keys}
+
+
+def model_lora_state(model: nn.Module) -> LoraState:
+    """The model's adapters as a LoraState (configs from the record, or read off the layers)."""
+    record = record_of(model)
+    sd = tuner_state_dict(model)
+    tensors = {k: v for k, v in sd.items() if is_adapter_key(k)}
+    configs = {}
+    for adapter in adapter_names(model):
+        if adapter in record.configs:
+            configs[adapter] = record.configs[adapter]
+            continue
+        layers = [layer for layer in lora_layers(model).values() if adapter in layer.lora_A]
+        configs[adapter] = {'NAME': 'LoRA', 'R': layers[0].r[adapter], 'LORA_ALPHA': layers[0].lora_alpha[adapter]}
+    return LoraState(tensors, configs, {k: v for k, v in sd.items() if k not in tensors})
+
+
+def inject_state(model: nn.Module, state: LoraState, trainable: bool = False, scale: float = 1.0,
+                 source: str = 'adapter', logger: logging.Logger | None = None) -> list[str]:
+    """Add the adapters of `state` to `model` with their weights (each under a free name)
+    and scale their updates by `scale`. Returns the adapter names used in the model."""
+    logger = logger or get_logger()
+    record = record_of(model)
+    if state.metadata.get('base_hash') and state.metadata['base_hash'] != record.base_hash:
+        logger.warning(f"{source}: trained on another base model (hash {state.metadata['base_hash']}, "
+                       f'this one {record.base_hash}); applying it anyway')
+    used = []
+    for adapter in state.adapters():
+        entries = adapter_entries(state, adapter)
+        block = block_for(entries, state.configs[adapter])
+        block['INIT_LORA_WEIGHTS'] = True  # the file's weights replace the init; never touch base weights
+        name = free_adapter_name(model, adapter)
+        injected = LoRA(block, logger=logger).inject(model, name)
+        missing = sorted(set(entries) - set(injected))
+        if missing:
+            raise CheckpointError(f"{source}: the model has no adaptable module '{missing[0]}' "
+                                  f'({len(missing)} of {len(entries)} modules missing)')
+        suffix = f'.{adapter}.weight'
+        _load_exact(model, {k[:-len(suffix)] + f'.{name}.weight': v for k, v in state.tensors.items()
+                            if k.endswith(suffix)}, source)
+        for layer in lora_layers(model).values():
+            layer.set_scale(name, scale)
+        record.configs[name] = dict(state.configs[adapter])
+        if trainable:
+            record.trainable.add(name)
+        used.append(name)
+        logger.info(f'{source}: adapter {name} on {len(entries)} modules, scale {scale:g}')
+    if state.extra:
+        _load_exact(model, state.extra, source)
+        if trainable:
+            record.bias_keys |= set(state.extra)
+    settle(model)
+    return used
+
+
+def _load_exact(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        result = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f'{source}: weights do not fit the model: {str(e).splitlines()[-1].strip()}') from e
+    if result.unexpected_keys:
+        raise CheckpointError(f"{source}: the model has no tensor '{result.unexpected_keys[0]}' "
+                              f'({len(result.unexpected_keys)} unmatched)')
+

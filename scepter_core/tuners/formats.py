@@ -1,0 +1,214 @@
+"""LoRA interchange formats, so adapters trained here load in other tools and theirs load here.
+
+kohya / A1111 (what kohya sd-scripts writes for SD 1.x and A1111, ComfyUI and diffusers
+read): `lora_unet_<diffusers UNet module>` and `lora_te_text_model_<CLIP module>`, dots as
+underscores, with `.lora_down.weight` (A), `.lora_up.weight` (B) and `.alpha`. Names built
+from the original LDM UNet (`lora_unet_input_blocks_...`) are read too.
+
+diffusers / peft: `unet.<diffusers module>.lora_A.weight` / `.lora_B.weight` and
+`text_encoder.text_model.<CLIP module>...`, ranks and alphas as LoraConfig fields in the
+`lora_adapter_metadata` JSON. UNet names go through the converters' UNet table."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoint import load_state_dict, read_safetensors_header, save_state_dict
+from ..errors import CheckpointError
+from .apply import model_lora_state, record_of
+from .state import LoraState, ModuleLora, block_for, flatten, group
+
+UNET, TEXT = 'model.', 'cond_stage_model.transformer.'
+COMPONENTS = (UNET, 'cond_stage_model.')   # one adapter per component on import
+DIFFUSERS_METADATA = 'lora_adapter_metadata'
+
+
+def _adaptable(module: nn.Module) -> list[str]:
+    """Names of the Linear / Conv layers of `module` (adapted or not) that LoRA can target."""
+    from peft.tuners.lora import LoraLayer
+    names = []
+    for name, m in module.named_modules():
+        if isinstance(m, LoraLayer) or (isinstance(m, (nn.Linear, nn.Conv2d)) and '.lora_' not in name
+                                        and not name.endswith('base_layer')):
+            names.append(name)
+    return names
+
+
+def diffusers_names(model: nn.Module) -> dict[str, str]:
+    """Our module name -> diffusers module name (`unet.*`, `text_encoder.text_model.*`) for
+    every adaptable layer of the UNet (`model`) and the text encoder (`cond_stage_model`)."""
+    from ..convert import unet_keymap
+    out: dict[str, str] = {}
+    unet = getattr(model, 'model', None)
+    if unet is not None and hasattr(unet, 'cfg'):
+        keymap = unet_keymap(unet.cfg)
+        for name in _adaptable(unet):
+            try:
+                (theirs,) = keymap.to_theirs({f'{name}.weight': torch.empty(0)})
+            except CheckpointError:
+                continue  # no diffusers counterpart
+            out[UNET + name] = 'unet.' + theirs.removesuffix('.weight')
+    text = getattr(getattr(model, 'cond_stage_model', None), 'transformer', None)
+    if text is not None:
+        out.update({TEXT + n: 'text_encoder.' + n for n in _adaptable(text)})
+    return out
+
+
+def kohya_names(model: nn.Module) -> dict[str, str]:
+    """Our module name -> kohya name (`lora_unet_down_blocks_0_...`, `lora_te_text_model_...`)."""
+    out = {}
+    for ours, theirs in diffusers_names(model).items():
+        component, rest = theirs.split('.', 1)
+        prefix = 'lora_unet_' if component == 'unet' else 'lora_te_'
+        out[ours] = prefix + rest.replace('.', '_')
+    return out
+
+
+def _ldm_kohya_names(model: nn.Module) -> dict[str, str]:
+    """kohya names built from our (original LDM) UNet names -> our name; read, never written."""
+    unet = getattr(model, 'model', None)
+    return {} if unet is None else {'lora_unet_' + n.replace('.', '_'): UNET + n for n in _adaptable(unet)}
+
+
+def _flat_lora(model: nn.Module, source: LoraState | None) -> dict[str, ModuleLora]:
+    flat = flatten(source if source is not None else model_lora_state(model))
+    if not flat:
+        raise CheckpointError('nothing to export: no adapters')
+    return flat
+
+
+def _name_of(names: dict[str, str], module: str, fmt: str) -> str:
+    if module not in names:
+        raise CheckpointError(f"'{module}' has no {fmt} name: that format covers the UNet and the "
+                              f'text encoder only')
+    return names[module]
+
+
+# ---- kohya / A1111 ------------------------------------------------------------------------
+
+def export_kohya(model: nn.Module, path: str | Path, source: LoraState | None = None) -> Path:
+    """Write the model's adapters (or `source`) as a kohya / A1111 LoRA file."""
+    flat = _flat_lora(model, source)
+    names = kohya_names(model)
+    sd: dict[str, torch.Tensor] = {}
+    for module, e in flat.items():
+        if e.magnitude is not None:
+            raise CheckpointError(f"'{module}' is a DoRA adapter: write it in the diffusers/peft format")
+        k = _name_of(names, module, 'kohya')
+        sd.update({f'{k}.lora_down.weight': e.down, f'{k}.lora_up.weight': e.up,
+                   f'{k}.alpha': torch.tensor(e.alpha, dtype=torch.float32)})
+    first = next(iter(flat.values()))
+    save_state_dict(sd, path, metadata={'ss_network_module': 'networks.lora', 'ss_network_dim': str(first.rank),
+                                        'ss_network_alpha': f'{first.alpha:g}',
+                                        'scepter_base_hash': record_of(model).base_hash})
+    return Path(path)
+
+
+def import_kohya(path: str | Path, model: nn.Module) -> LoraState:
+    """A kohya / A1111 LoRA file -> LoraState in our names (a missing alpha means alpha = rank)."""
+    sd = load_state_dict(path)
+    lookup = {**_ldm_kohya_names(model), **{k: o for o, k in kohya_names(model).items()}}
+    flat: dict[str, ModuleLora] = {}
+    used: set[str] = set()
+    for key, down in sd.items():
+        if not key.endswith('.lora_down.weight'):
+            continue
+        name = key.removesuffix('.lora_down.weight')
+        if name not in lookup:
+            raise CheckpointError(f"'{path}': LoRA module '{name}' matches no layer of this model")
+        up, alpha = sd.get(f'{name}.lora_up.weight'), sd.get(f'{name}.alpha')
+        if up is None:
+            raise CheckpointError(f"'{path}': '{name}' has lora_down but no lora_up")
+        flat[lookup[name]] = ModuleLora(down, up, float(alpha) if alpha is not None else float(down.shape[0]))
+        used |= {key, f'{name}.lora_up.weight', f'{name}.alpha'}
+    left = sorted(set(sd) - used)
+    if left:
+        raise CheckpointError(f"'{path}': {len(left)} entries this tool does not read (LoCon/LoHa/DoRA?), "
+                              f"e.g. '{left[0]}'")
+    state = group(flat, COMPONENTS)
+    state.metadata = {'base_hash': _file_metadata(path).get('scepter_base_hash', '')}
+    return state
+
+
+# ---- diffusers / peft ---------------------------------------------------------------------
+
+def _diffusers_config(entries: dict[str, ModuleLora], names: dict[str, str], prefix: str) -> dict:
+    """LoraConfig fields for one diffusers component, names relative to it (the text
+    encoder's without `text_model.`, which transformers 5 no longer nests)."""
+    rel = {names[m].removeprefix(prefix).removeprefix('text_model.'): e for m, e in entries.items()}
+    block = block_for(rel)
+    return {'r': block['R'], 'lora_alpha': block['LORA_ALPHA'], 'use_dora': block['USE_DORA'],
+            'target_modules': sorted(rel), 'rank_pattern': block['RANK_PATTERN'],
+            'alpha_pattern': block['ALPHA_PATTERN']}
+
+
+def export_peft_diffusers(model: nn.Module, path: str | Path, source: LoraState | None = None) -> Path:
+    """Write the model's adapters (or `source`) in the diffusers/peft LoRA format
+    (`pipeline.load_lora_weights` reads it)."""
+    flat = _flat_lora(model, source)
+    names = diffusers_names(model)
+    sd: dict[str, torch.Tensor] = {}
+    by_component: dict[str, dict[str, ModuleLora]] = {}
+    for module, e in flat.items():
+        n = _name_of(names, module, 'diffusers')
+        sd.update({f'{n}.lora_A.weight': e.down, f'{n}.lora_B.weight': e.up})
+        if e.magnitude is not None:
+            sd[f'{n}.lora_magnitude_vector.weight'] = e.magnitude
+        by_component.setdefault(n.split('.', 1)[0] + '.', {})[module] = e
+    meta = {}
+    for prefix, entries in by_component.items():
+        meta.update({prefix + k: v for k, v in _diffusers_config(entries, names, prefix).items()})
+    save_state_dict(sd, path, metadata={'format': 'pt', DIFFUSERS_METADATA: json.dumps(meta, sort_keys=True),
+                                        'scepter_base_hash': record_of(model).base_hash})
+    return Path(path)
+
+
+def _file_metadata(path: str | Path) -> dict[str, str]:
+    if not str(path).endswith('.safetensors'):
+        return {}
+    header, _ = read_safetensors_header(path)
+    return dict(header.get('__metadata__') or {})
+
+
+def _diffusers_alpha(meta: dict, component: str, rel_name: str, rank: int, alpha_key: torch.Tensor | None) -> float:
+    """Alpha of one module: its `.alpha` entry, the metadata's alpha_pattern / lora_alpha,
+    or (diffusers' default) the rank."""
+    if alpha_key is not None:
+        return float(alpha_key)
+    for pattern, value in (meta.get(f'{component}alpha_pattern') or {}).items():
+        if re.match(rf'(.*\.)?({pattern})$', rel_name):
+            return float(value)
+    return float(meta.get(f'{component}lora_alpha', rank))
+
+
+def import_peft_diffusers(path: str | Path, model: nn.Module) -> LoraState:
+    """A diffusers/peft LoRA file -> LoraState in our names."""
+    sd = load_state_dict(path)
+    meta = json.loads(_file_metadata(path).get(DIFFUSERS_METADATA) or '{}')
+    lookup = {d: o for o, d in diffusers_names(model).items()}
+    # Files written against transformers 5 may name the text encoder without `text_model.`.
+    lookup.update({'text_encoder.' + d.removeprefix('text_encoder.text_model.'): o for d, o in list(lookup.items())
+                   if d.startswith('text_encoder.text_model.')})
+    flat: dict[str, ModuleLora] = {}
+    parts = ('.lora_A.weight', '.lora_B.weight', '.lora_magnitude_vector.weight', '.alpha')
+    for key in sd:
+        if not key.endswith(parts):
+            raise CheckpointError(f"'{path}': unrecognised entry '{key}' (expected {', '.join(parts)})")
+        if not key.endswith('.lora_A.weight'):
+            continue
+        name = key.removesuffix('.lora_A.weight')
+        if name not in lookup or f'{name}.lora_B.weight' not in sd:
+            raise CheckpointError(f"'{path}': '{name}' matches no layer of this model or lacks lora_B")
+        component, rel_name = name.split('.', 1)
+        down = sd[key]
+        alpha = _diffusers_alpha(meta, component + '.', rel_name.removeprefix('text_model.'),
+                                 int(down.shape[0]), sd.get(f'{name}.alpha'))
+        flat[lookup[name]] = ModuleLora(down, sd[f'{name}.lora_B.weight'], alpha,
+                                        sd.get(f'{name}.lora_magnitude_vector.weight'))
+    state = group(flat, COMPONENTS)
+    state.metadata = {'base_hash': _file_metadata(path).get('scepter_base_hash', '')}
+    return state

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite, on a machine with only Python and pip.
+# This is the README's test command; .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
+PIP=("$PYTHON" -m pip install --disable-pip-version-check)
+
+# A plain `torch` requirement pulls a multi-GB CUDA build; 2.13.0 is the CPU wheel at hand.
+if ! "$PYTHON" -c 'import torch' >/dev/null 2>&1; then
+  "${PIP[@]}" 'torch==2.13.0'
+fi
+"${PIP[@]}" -e '.[test]'
+# A reference some tests compare against (CLIP's tokenizer files); --no-deps keeps
+# torchvision out: PyPI's torchvision breaks beside the CPU torch. torch-fidelity is left
+# out on purpose: torchmetrics imports it whenever it is installed, and it imports torchvision.
+"${PIP[@]}" --no-deps open-clip-torch
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+# Arguments (paths, -k ...) replace the default `tests`. `-o addopts=` so that an ini `-q`
+# does not hide pytest's closing summary line.
+if [ "$#" -eq 0 ]; then set -- tests; fi
+status=0
+"$PYTHON" -m pytest -q -o addopts= "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+  echo "scripts/test.sh: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$status"
