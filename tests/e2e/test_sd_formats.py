@@ -1,0 +1,88 @@
+"""One tiny SD model saved as an original single file (.safetensors, .ckpt), a diffusers folder
+and our checkpoint gives the same image with `scepter infer`; a full-size SD1.5 single file
+runs without a recipe; whole-model loading takes the file's tensors instead of copying them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from scepter_core.checkpoint import load_state_dict
+from scepter_core.convert import save_diffusers, save_ldm, save_ours
+from scepter_core.registry import MODELS
+
+from .conftest import run_cli
+from .sd_fixtures import TINY_CLIP, sd15_shapes, tiny_model_cfg, tiny_recipe, tiny_sd_state, write_random_safetensors
+
+PROMPT = 'a red circle on a white background'
+TEXT_CFG = {**TINY_CLIP, 'architectures': ['CLIPTextModel'], 'model_type': 'clip_text_model'}
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory) -> dict[str, Path]:
+    """The same weights in every format, and the tiny recipe that describes them."""
+    root = tmp_path_factory.mktemp('sd_formats')
+    state, model = tiny_sd_state(seed=3), tiny_model_cfg()
+    recipe = root / 'tiny.yaml'
+    recipe.write_text(yaml.safe_dump(tiny_recipe(SEED=11)))
+    out = {'ldm': root / 'v1-5-tiny.safetensors', 'ckpt': root / 'v1-5-tiny.ckpt', 'diffusers': root / 'diffusers',
+           'ours': root / 'ours', 'recipe': recipe}
+    save_ldm(state, out['ldm'])
+    save_ldm(state, out['ckpt'])
+    save_diffusers(state, out['diffusers'], model['DIFFUSION_MODEL'], model['FIRST_STAGE_MODEL'], TEXT_CFG)
+    save_ours(state, out['ours'] / 'model.safetensors')  # a step directory: weights + the recipe beside them
+    (out['ours'] / 'config.yaml').write_text(recipe.read_text())
+    return out
+
+
+def infer(weights: Path, out: Path, *args: str) -> np.ndarray:
+    proc = run_cli('infer', '--pretrained-model', str(weights), '--prompt', PROMPT, '--out', str(out), *args)
+    assert 'WARNING' not in proc.stderr, proc.stderr  # e.g. layers missing from the file, initialised afresh
+    return np.asarray(Image.open(out / '00000.png').convert('RGB')).astype(int)
+
+
+def test_every_format_gives_the_same_image(saved, tmp_path: Path):
+    recipe = ('--cfg', str(saved['recipe']))
+    images = {'ours': infer(saved['ours'], tmp_path / 'ours')}  # finds config.yaml beside the weights
+    for fmt in ('ldm', 'ckpt', 'diffusers'):
+        images[fmt] = infer(saved[fmt], tmp_path / fmt, *recipe)
+    ref = images['ours']
+    assert ref.shape == (32, 32, 3) and ref.std() > 1  # a picture, not a flat fill
+    for fmt, img in images.items():
+        assert np.abs(img - ref).max() <= 1, fmt
+
+
+def test_sd15_single_file_runs_without_a_recipe(tmp_path: Path):
+    """A random SD1.5-sized single file (fp16, 2 GB, LDM names): `scepter infer` picks the
+    built-in SD1.5 recipe. The decoder's output layer is fixed so that, whatever the UNet
+    draws, the picture is one known colour: only the file's weights, loaded, give it."""
+    shapes = sd15_shapes()
+    out_conv = 'first_stage_model.decoder.conv_out'
+    fixed = {f'{out_conv}.weight': torch.zeros(shapes[f'{out_conv}.weight']),
+             f'{out_conv}.bias': torch.tensor([0.5, -0.5, 0.0])}
+    path = write_random_safetensors(tmp_path / 'v1-5-pruned-emaonly.safetensors', shapes, fixed)
+    assert sum(torch.Size(s).numel() for s in shapes.values()) > 1_000_000_000
+    img = infer(path, tmp_path / 'out', '--steps', '1', '--size', '64', '64')
+    assert img.shape == (64, 64, 3)
+    assert np.abs(img - [191, 64, 128]).max() <= 1  # (bias + 1) / 2 * 255
+
+
+def test_whole_model_loading_assigns_the_file_tensors(saved):
+    """Parameters become views of the memory-mapped file (no second copy); the EMA copy,
+    absent from the file, starts as the UNet in its own memory."""
+    cfg = {**tiny_model_cfg(), 'PRETRAINED_MODEL': str(saved['ours'] / 'model.safetensors'), 'USE_EMA': True}
+    model = MODELS.build(cfg)
+    file = load_state_dict(saved['ours'] / 'model.safetensors')
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in file.items())
+    storages = {p.untyped_storage().data_ptr() for n, p in model.named_parameters() if not n.startswith('model_ema.')}
+    assert len(storages) == 1  # UNet, VAE and text encoder: one mapped file
+    assert all(torch.equal(state[f'model_ema.{k[6:]}'], v) for k, v in file.items() if k.startswith('model.'))
+    assert model.model_ema.out[2].weight.untyped_storage().data_ptr() not in storages
+    assert not any(p.requires_grad for p in model.model_ema.parameters())
+    assert not any(p.requires_grad for p in model.first_stage_model.parameters())
+    assert all(p.requires_grad for p in model.model.parameters())
