@@ -91,6 +91,9 @@ def run_lightning(cfg: Config) -> Any:
         raise ConfigError("ENV.USE_PL: Lightning is not installed; pip install 'scepter-forge[lightning]' "
                           "(or set ENV.USE_PL to false)")
     from .launch import backend_for, uses_cuda
+    if cfg.SOLVER.get('USE_FSDP'):
+        raise ConfigError("'SOLVER.USE_FSDP' does not combine with ENV.USE_PL (Lightning wraps the model in DDP); "
+                          "use the spawn or torchrun launcher for FSDP")
     env = cfg.get('ENV') or Config()
     cuda = uses_cuda(env)
     devices = torch.cuda.device_count() if cuda else int(env.get('NUM_PROCESSES') or 1)

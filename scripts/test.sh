@@ -12,6 +12,8 @@ if ! "$PYTHON" -c 'import torch' >/dev/null 2>&1; then
   "${PIP[@]}" 'torch==2.13.0'
 fi
 "${PIP[@]}" -e '.[test]'
+# The Lightning launcher's tests (ENV.USE_PL); `lightning` needs no torchvision.
+"${PIP[@]}" 'lightning>=2.2'
 # A reference some tests compare against (CLIP's tokenizer files); --no-deps keeps
 # torchvision out: PyPI's torchvision breaks beside the CPU torch. torch-fidelity is left
 # out on purpose: torchmetrics imports it whenever it is installed, and it imports torchvision.
