@@ -14,8 +14,16 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
+
+# Offline, and quiet about what does not concern a timing (set before diffusers / transformers load).
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
+os.environ.setdefault('DIFFUSERS_VERBOSITY', 'error')
+warnings.filterwarnings('ignore', category=FutureWarning)
+warnings.filterwarnings('ignore', message='.*steps_offset.*')
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / 'bench' / 'results'
@@ -80,6 +88,25 @@ def run_child(script: str | Path, *args: str, timeout: float = 1800) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def count_cpu_attention_flops() -> None:
+    """Teach torch's FlopCounterMode the CPU flash-attention ops (it counts only the GPU
+    kernels): 4*B*H*N*M*D forward, 2.5x that backward, as for the GPU kernels."""
+    import torch
+    from torch.utils import flop_counter as fc
+    fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    if fwd in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(fwd)
+    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query, key, value)
+
+    @fc.register_flop_formula(bwd)
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
 # Peak resident memory of the current process, from the kernel's high-water mark (VmHWM;
 # unlike ru_maxrss it is not inherited across exec). Children paste this helper.
 HWM_SNIPPET = '''
@@ -100,6 +127,11 @@ def machine() -> dict[str, Any]:
             'load_avg_1m': os.getloadavg()[0]}
 
 
+def results_name(bench: str, threads: int) -> str:
+    """`bench`, or `bench_threadsN` when run on fewer threads than the usable cores."""
+    return bench if threads >= len(os.sched_getaffinity(0)) else f'{bench}_threads{threads}'
+
+
 def report(name: str, title: str, columns: list[str], rows: list[list[Any]], extra: dict | None = None) -> Path:
     """Print a Rich table and write bench/results/<name>.json (rows keyed by column)."""
     from rich.console import Console
@@ -109,11 +141,12 @@ def report(name: str, title: str, columns: list[str], rows: list[list[Any]], ext
         table.add_column(col, justify='left' if col == columns[0] else 'right')
     for row in rows:
         table.add_row(*[f'{v:.3g}' if isinstance(v, float) else str(v) for v in row])
-    Console().print(table)
+    console = Console(width=max(Console().width, 130))
+    console.print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f'{name}.json'
     data = {'benchmark': name, 'title': title, 'machine': machine(), 'when': time.strftime('%Y-%m-%d %H:%M:%S'),
             'rows': [dict(zip(columns, row)) for row in rows], **(extra or {})}
     path.write_text(json.dumps(data, indent=2) + '\n')
-    Console().print(f'[dim]wrote {path.relative_to(ROOT)}[/dim]')
+    console.print(f'[dim]wrote {path.relative_to(ROOT)}[/dim]')
     return path

@@ -8,14 +8,14 @@ UNet2DConditionModel and AutoencoderKL and transformers' CLIPTextModel (weights 
 `scepter_core.convert.ours_to_diffusers`), a CLIPTokenizer read from
 scepter_core/assets/clip_tokenizer/, a DDIMScheduler with SD1.5's schedule and trailing
 timesteps, and no safety checker. Same prompt, negative prompt, seed, 20 DDIM steps, CFG
-7.5, 64 px; the script checks that both give the same images before timing. Writes
+7.5, 64 px (--size); the script checks that both give the same images before timing. Writes
 bench/results/sampling.json."""
 from __future__ import annotations
 
 import argparse
 
 import torch
-from common import ROOT, ratio, report, set_threads, time_interleaved, tiny_model_blocks
+from common import ROOT, ratio, report, results_name, set_threads, time_interleaved, tiny_model_blocks
 
 PROMPT, N_PROMPT = 'a red circle on a white background', ''
 
@@ -66,13 +66,14 @@ def main() -> None:
     ap.add_argument('--steps', type=int, default=20)
     ap.add_argument('--guide-scale', type=float, default=7.5)
     ap.add_argument('--batch', type=int, nargs='+', default=[1, 4])
+    ap.add_argument('--size', type=int, default=64, help='image side in pixels')
     ap.add_argument('--runs', type=int, default=5)
     ap.add_argument('--threads', type=int, default=0, help='0: all usable cores')
     args = ap.parse_args()
     threads = set_threads(args.threads)
     ours = build_ours()
     pipe = build_pipeline(ours)
-    size = list(ours.cfg.IMAGE_SIZE)
+    size = [args.size, args.size]
     rows, diffs = [], {}
     for batch in args.batch:
         kw = dict(sample_steps=args.steps, guide_scale=args.guide_scale, guide_rescale=0.0, seed=2023,
@@ -94,7 +95,7 @@ def main() -> None:
         o, d = res['ours'], res['diffusers']
         rows.append([f'batch {batch}', o['wall_s'] * 1e3, d['wall_s'] * 1e3, batch / o['wall_s'], batch / d['wall_s'],
                      ratio(d['wall_s'], o['wall_s']), ratio(d['cpu_s'], o['cpu_s'])])
-    report('sampling', f'tiny model, {args.steps} DDIM steps, CFG {args.guide_scale}, {size[0]} px, {threads} threads',
+    report(results_name('sampling', threads), f'tiny model, {args.steps} DDIM steps, CFG {args.guide_scale}, {size[0]} px, {threads} threads',
            ['work', 'ours ms', 'diffusers ms', 'ours img/s', 'diffusers img/s', 'speed-up (wall)', 'speed-up (CPU)'],
            rows, {'max_abs_image_diff': diffs, 'target_speedup': 1.2})
 

@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 
-from common import HWM_SNIPPET, ratio, report, run_child
+from common import HWM_SNIPPET, count_cpu_attention_flops, ratio, report, results_name, run_child
 
 TINY = dict(MODEL_CHANNELS=64, CHANNEL_MULT=[1, 2, 2], ATTENTION_RESOLUTIONS=[2, 1], CONTEXT_DIM=64)
 exec(HWM_SNIPPET)  # high_water_mb(), reset_high_water()
@@ -43,6 +43,7 @@ def child(side: str, mode: str, args: argparse.Namespace) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     torch.set_num_threads(args.threads)
+    count_cpu_attention_flops()
     cfg = {'NAME': 'DiffusionUNet', **(TINY if args.tiny else {})}
     base_mb = high_water_mb()
     torch.manual_seed(0)
@@ -128,7 +129,7 @@ def main() -> None:
     what = 'tiny' if args.tiny else 'SD1.5'
     title = (f"{what} UNet, {args.size}x{args.size} latents, batch {args.batch}, {'bf16' if args.bf16 else 'fp32'}, "
              f"{args.threads} threads; fp32 matmul {rate['gflops_best']:.0f} GFLOP/s")
-    report('unet_speed', title, ['run', 'wall s', 'CPU s', 'GFLOP', 'GFLOP/s', 'of matmul rate', 'peak RSS GB'],
+    report(results_name('unet_speed', args.threads), title, ['run', 'wall s', 'CPU s', 'GFLOP', 'GFLOP/s', 'of matmul rate', 'peak RSS GB'],
            rows, {'matmul_rate': rate, 'raw': raw, 'args': {k: v for k, v in vars(args).items() if k != 'child'}})
 
 

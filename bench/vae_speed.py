@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 
-from common import HWM_SNIPPET, ratio, report, run_child
+from common import HWM_SNIPPET, ratio, report, results_name, run_child
 
 RUNS = ('encode', 'decode', 'decode-tiled', 'decode-sliced')
 TILE_LATENTS = 32
@@ -90,7 +90,7 @@ def main() -> None:
             rows.append([f'{run} {name}', r['wall_s'], r['cpu_s'], r['peak_rss_mb'] / 1024, r['work_mb'] / 1024])
         rows.append([f'{run} diffusers/ours', ratio(d['wall_s'], o['wall_s']), ratio(d['cpu_s'], o['cpu_s']),
                      ratio(d['peak_rss_mb'], o['peak_rss_mb']), ratio(d['work_mb'], o['work_mb'])])
-    report('vae_speed', f'SD1.5 VAE, {args.size} px, batch {args.batch} (sliced: 4), fp32, {args.threads} threads',
+    report(results_name('vae_speed', args.threads), f'SD1.5 VAE, {args.size} px, batch {args.batch} (sliced: 4), fp32, {args.threads} threads',
            ['run', 'wall s', 'CPU s', 'peak RSS GB', 'work GB'], rows, {'raw': raw, 'args': vars(args)})
 
 

@@ -35,3 +35,13 @@ def temp_registry():
     yield make
     for name in made:
         REGISTRIES.pop(name, None)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: other test processes share the machine's cores."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

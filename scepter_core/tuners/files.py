@@ -41,15 +41,13 @@ def save_adapter(model: nn.Module, path: str | Path, tuner_cfgs: dict[str, dict]
 def resolve_adapter_path(path: str) -> Path:
     """A LoRA file, a checkpoint step directory, a work or checkpoints directory, a `latest`
     pointer file, or a hub URI -> the weights file."""
+    from ..checkpoint import WEIGHTS, find_step_dir
     from ..fs import FS
-    from ..solvers.state import LATEST, WEIGHTS, resolve_checkpoint
     p = Path(str(FS.get_from(path))) if '://' in path else Path(path)
-    if p.is_file() and p.name == LATEST and p.stat().st_size < 256:
-        p = p.parent / p.read_text().strip()
-    if p.is_dir():
-        p = resolve_checkpoint(p) / WEIGHTS
+    step = find_step_dir(p)
+    p = step / WEIGHTS if step is not None else p
     if not p.is_file():
-        raise CheckpointError(f"LoRA file not found: '{path}'")
+        raise CheckpointError(f"no LoRA file or checkpoint at '{path}'")
     return p
 
 

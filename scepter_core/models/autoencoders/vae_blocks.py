@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones.attention import attention
 from ..backbones.unet_blocks import silu
 
 
@@ -50,7 +51,7 @@ class AttnBlock(nn.Module):
         hn = self.norm(x)
         # [B, C, H, W] -> [B, 1, HW, C]: one head whose width is the channel count.
         q, k, v = (conv(hn).reshape(b, 1, c, h * w).transpose(-1, -2) for conv in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         out = out.transpose(-1, -2).reshape(b, c, h, w)
         return self.proj_out(out).add_(x)
 

@@ -9,6 +9,18 @@ from torch import nn
 from .unet_blocks import maybe_checkpoint
 
 
+HALF = (torch.bfloat16, torch.float16)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SDPA. On the CPU, half-precision inputs run in fp32: torch's CPU flash-attention backward
+    in bf16 is several times slower than in fp32 (bench/README.md), and fp32 is the more exact."""
+    if q.device.type == 'cpu' and (q.dtype in HALF or torch.is_autocast_enabled('cpu')):
+        with torch.autocast('cpu', enabled=False):  # autocast would cast back to half precision
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class CrossAttention(nn.Module):
     """Multi-head attention over `context` (self-attention when it is None), through SDPA."""
 
@@ -30,7 +42,7 @@ class CrossAttention(nn.Module):
         q = self.to_q(x).view(b, n, self.heads, -1).transpose(1, 2)
         k = self.to_k(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
         v = self.to_v(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 

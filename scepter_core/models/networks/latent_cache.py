@@ -20,7 +20,7 @@ from ..autoencoders.distributions import DiagonalGaussian
 
 def tensor_digest(x: torch.Tensor) -> str:
     """A digest of a tensor's bytes (its dtype and shape included)."""
-    data = x.detach().contiguous().flatten().view(torch.uint8).cpu().numpy()
+    data = x.detach().cpu().contiguous().flatten().view(torch.uint8).numpy()
     h = hashlib.blake2b(data.tobytes(), digest_size=16)
     h.update(f'{x.dtype}{tuple(x.shape)}'.encode())
     return h.hexdigest()
@@ -106,7 +106,8 @@ class LatentCache:
         def moments(indices: list[int]) -> torch.Tensor:
             posterior = autoencoder.encode_posterior(images[indices])
             return torch.cat([posterior.mean, posterior.logvar], dim=1)
-        posterior = DiagonalGaussian(self.lookup(scope, [tensor_digest(x) for x in images], moments))
+        on_cpu = images.detach().cpu()  # one transfer for the batch, not one per image
+        posterior = DiagonalGaussian(self.lookup(scope, [tensor_digest(x) for x in on_cpu], moments))
         return posterior.mode() if autoencoder.cfg.USE_MODE else posterior.sample()
 
     def encode_texts(self, embedder: nn.Module | None, prompts: list[str],
