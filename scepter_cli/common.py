@@ -6,8 +6,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # paths and keys stay on one line (copy-pasteable, greppable)
+err_console = Console(stderr=True, soft_wrap=True)
 
 SET_HELP = 'Override a config value: KEY.PATH=VALUE (repeatable), e.g. SOLVER.MAX_STEPS=10.'
 IMPORT_HELP = 'Python file or module that registers user classes (repeatable).'

@@ -31,7 +31,8 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(silu(self.norm1(x)))
-        h = self.conv2(self.dropout(silu(self.norm2(h))))
+        h = silu(self.norm2(h))  # rebinding frees conv1's output before conv2 allocates (peak memory)
+        h = self.conv2(self.dropout(h))
         return h.add_(self.nin_shortcut(x))  # in place on a fresh conv output
 
 
