@@ -52,7 +52,8 @@ def train(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file (YAML or
 
 def test(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file with TEST_DATA.'),
          pretrained_model: Optional[str] = typer.Option(None, '--pretrained-model', '--pretrained_model',
-                                                        help='Weights: our checkpoint, SD single file or diffusers folder.'),
+                                                        help='Weights: our checkpoint (a LoRA run\'s too), SD single '
+                                                             'file or diffusers folder.'),
          overrides: Optional[list[str]] = SetOpt,
          work_dir: Optional[str] = typer.Option(None, '--work-dir', help='Override SOLVER.WORK_DIR.'),
          imports: Optional[list[str]] = ImportOpt) -> None:
@@ -64,10 +65,11 @@ def test(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file with TEST
     from rich.table import Table
     from scepter_core.launch import launch
     config = _prepare(cfg, overrides, imports, work_dir, None)
-    if pretrained_model:
-        from scepter_core.inference import _clear_sub_weights, resolve_weights
-        _clear_sub_weights(config.SOLVER.MODEL)
-        config.set('SOLVER.MODEL.PRETRAINED_MODEL', resolve_weights(pretrained_model))
+    if pretrained_model:  # a LoRA run's checkpoint: the recipe's base model, its adapters on top
+        from scepter_core.inference import use_pretrained
+        adapters = use_pretrained(config.SOLVER.MODEL, pretrained_model)
+        if adapters:
+            config.set('SOLVER.TUNER', adapters)
     launch(config, mode='test')
     out = Path(config.SOLVER.WORK_DIR) / 'test'
     metrics = json.loads((out / 'metrics.json').read_text()) if (out / 'metrics.json').is_file() else {}
@@ -85,7 +87,8 @@ def infer(prompt: list[str] = typer.Option(..., '--prompt', '-p', help='Prompt (
           n_prompt: Optional[str] = typer.Option(None, '--n-prompt', '--n_prompt', help='Negative prompt.'),
           num_samples: int = typer.Option(1, '--num-samples', '--num_samples', help='Images per prompt.'),
           pretrained_model: Optional[str] = typer.Option(None, '--pretrained-model', '--pretrained_model',
-                                                         help='Our checkpoint, an SD single file or a diffusers folder.'),
+                                                         help='Our checkpoint (a LoRA run: its base model and '
+                                                              'adapters), an SD single file or a diffusers folder.'),
           cfg: Optional[str] = typer.Option(None, '--cfg', '-c', help='Recipe; found next to the checkpoint when omitted.'),
           sampler: Optional[str] = typer.Option(None, '--sampler', help='ddim, euler, dpmpp_2m_karras, ...'),
           steps: Optional[int] = typer.Option(None, '--steps', '--sample_steps', '--sample-steps', help='Sampling steps.'),

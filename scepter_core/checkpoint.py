@@ -105,6 +105,16 @@ def find_step_dir(path: str | os.PathLike) -> Path | None:
     return p if (p / WEIGHTS).is_file() else None
 
 
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The training step recorded in our checkpoint's metadata (None for other files)."""
+    step = find_step_dir(path)
+    path = step / WEIGHTS if step is not None else Path(path)
+    if not path.is_file() or not str(path).endswith(SAFETENSORS_SUFFIXES):
+        return None
+    value = read_safetensors_header(path)[0].get('__metadata__', {}).get('step')
+    return int(value) if value and value.isdigit() else None
+
+
 def load_state_dict(path: str | os.PathLike, device: str = 'cpu') -> dict[str, torch.Tensor]:
     """Read a flat name -> tensor dict from `.safetensors` (memory-mapped) or a legacy
     `.ckpt/.pth/.bin/.pt` (weights only). A top-level `state_dict` key is unwrapped. Our

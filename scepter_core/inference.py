@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,14 @@ SD15_RECIPE = Path(__file__).parent / 'assets' / 'sd15_inference.yaml'
 
 
 def find_config(pretrained: str | None) -> Path:
-    """The recipe saved next to a checkpoint (step dir, checkpoints dir or work dir), else SD1.5's."""
+    """The recipe saved next to a checkpoint (the step dir a work dir or `latest` names, the
+    step dir, checkpoints dir or work dir), else SD1.5's."""
     if pretrained:
+        from .checkpoint import find_step_dir
         p = Path(pretrained)
-        for d in [p if p.is_dir() else p.parent, *(p if p.is_dir() else p.parent).parents][:4]:
+        step = find_step_dir(p)
+        here = p if p.is_dir() else p.parent
+        for d in [*([step] if step is not None else []), *[here, *here.parents][:4]]:
             if (d / 'config.yaml').is_file():
                 return d / 'config.yaml'
     return SD15_RECIPE
@@ -43,9 +46,38 @@ def _clear_sub_weights(model_cfg: Config) -> None:
             model_cfg[key]['PRETRAINED_MODEL'] = None
 
 
+def adapter_checkpoint(path: str) -> str | None:
+    """The weights file of a LoRA run's checkpoint or of a LoRA file (`path`: a file, work
+    dir, step dir or `latest` pointer), or None when `path` holds whole-model weights."""
+    from .checkpoint import SAFETENSORS_SUFFIXES
+    from .tuners import lora_file_format
+    weights = resolve_weights(path)
+    if '://' in weights or not weights.endswith(SAFETENSORS_SUFFIXES) or not Path(weights).is_file():
+        return None
+    return weights if lora_file_format(weights) else None
+
+
+def use_pretrained(model_cfg: Config, pretrained_model: str) -> str | None:
+    """Point `model_cfg` at `pretrained_model`. Whole-model weights replace PRETRAINED_MODEL
+    (and the submodels' own files); a LoRA run's checkpoint (adapters only) keeps the recipe's
+    base model, and its weights file is returned, to be loaded on top of that base."""
+    adapters = adapter_checkpoint(pretrained_model)
+    if adapters is None:
+        _clear_sub_weights(model_cfg)
+        model_cfg['PRETRAINED_MODEL'] = resolve_weights(pretrained_model)
+        return None
+    if not model_cfg.get('PRETRAINED_MODEL') and not (model_cfg.get('DIFFUSION_MODEL') or {}).get('PRETRAINED_MODEL'):
+        raise ConfigError(f"'{pretrained_model}' holds only LoRA adapters and the recipe names no base model "
+                          f'(SOLVER.MODEL.PRETRAINED_MODEL): pass --cfg with a recipe that does, or load the '
+                          f'adapters on top of the base (infer: --lora, convert: --merge-lora)')
+    return adapters
+
+
 def build_model(pretrained_model: str | None, cfg_path: str | None = None, overrides: list[str] = (),
-                imports: list[str] = (), logger: logging.Logger | None = None) -> tuple[torch.nn.Module, Config]:
-    """The model of a recipe with whole-model weights loaded; returns (model, recipe)."""
+                imports: list[str] = (), logger: logging.Logger | None = None,
+                blocks: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Config]:
+    """The model of a recipe with whole-model weights loaded (a LoRA run: its base model and
+    its adapters); returns (model, recipe). `blocks` replace the recipe's model blocks."""
     path = Path(cfg_path) if cfg_path else find_config(pretrained_model)
     cfg = Config.load(path)
     apply_overrides(cfg, overrides)
@@ -53,18 +85,33 @@ def build_model(pretrained_model: str | None, cfg_path: str | None = None, overr
     model_cfg = cfg.get_path('SOLVER.MODEL') or cfg.get('MODEL')
     if not model_cfg:
         raise ConfigError(f"'{path}': no SOLVER.MODEL block to build")
-    if pretrained_model:
-        _clear_sub_weights(model_cfg)
-        model_cfg['PRETRAINED_MODEL'] = resolve_weights(pretrained_model)
-    elif not model_cfg.get('PRETRAINED_MODEL'):
+    for key, block in (blocks or {}).items():
+        model_cfg[key] = block
+    adapters = use_pretrained(model_cfg, pretrained_model) if pretrained_model else None
+    if not pretrained_model and not model_cfg.get('PRETRAINED_MODEL'):
         raise ConfigError('no weights: pass --pretrained-model (our checkpoint, an SD single file or a diffusers folder)')
     model = MODELS.build(model_cfg, logger=logger)
+    if adapters:
+        from .tuners import load_adapter
+        load_adapter(model, adapters, logger=logger)
     return model.eval().to(we.device), cfg
 
 
-def parse_lora_spec(spec: str) -> tuple[str, float]:
-    m = re.fullmatch(r'(.+?)(?::([-+]?[0-9.]+))?', spec)
-    return m.group(1), float(m.group(2)) if m.group(2) else 1.0
+def merged_weights(pretrained_model: str, lora: list[str], cfg_path: str | None = None,
+                   blocks: dict[str, Any] | None = None, use_ema: bool = False,
+                   logger: logging.Logger | None = None) -> tuple[dict[str, torch.Tensor], Config]:
+    """Whole-model weights with LoRA files (`PATH[:SCALE]`, as `--lora`) folded in, for
+    `scepter convert --merge-lora`: the model `build_model` makes, the files applied, every
+    adapter merged; no adapter tensors remain. `use_ema`: the EMA copy becomes the UNet.
+    Returns (state dict, recipe)."""
+    from .convert import drop_ema, select_ema
+    from .tuners import apply_lora_files, merge_lora
+    model, cfg = build_model(pretrained_model, cfg_path, logger=logger, blocks=blocks)
+    apply_lora_files(model, list(lora), logger)
+    sd = {k: v.detach().cpu() for k, v in merge_lora(model, logger).state_dict().items()}
+    if use_ema:
+        sd = drop_ema(select_ema(sd, f'{pretrained_model} (built without USE_EMA)'))
+    return sd, cfg
 
 
 def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: str, n_prompt: str | None = None,

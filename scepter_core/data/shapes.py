@@ -181,6 +181,8 @@ class ShapesDataset(BaseDataset):
         'SEED': {'value': 2023, 'type': int, 'description': 'Seed of positions and sizes.'},
         'SIZE_RANGE': {'value': [0.35, 0.65], 'type': list,
                        'description': 'Shape side as a fraction of the image side: [min, max].'},
+        'REPEATS': {'value': 1, 'type': int,
+                    'description': 'Eval/test: prompts per combination (each sampled from its own noise).'},
     }
 
     def __init__(self, cfg: Config | dict | None = None, logger: logging.Logger | None = None):
@@ -191,9 +193,9 @@ class ShapesDataset(BaseDataset):
         self.holdout = self._parse_holdout()
         c = self.cfg
         lo, hi = c.SIZE_RANGE
-        if c.IMAGE_SIZE < 16 or c.NUM_SAMPLES < 1 or not 0.05 <= lo <= hi <= 0.8:
-            raise ConfigError(f"'{self.key_path('IMAGE_SIZE')}': need IMAGE_SIZE >= 16, NUM_SAMPLES >= 1 and "
-                              f'0.05 <= SIZE_RANGE[0] <= SIZE_RANGE[1] <= 0.8')
+        if c.IMAGE_SIZE < 16 or c.NUM_SAMPLES < 1 or c.REPEATS < 1 or not 0.05 <= lo <= hi <= 0.8:
+            raise ConfigError(f"'{self.key_path('IMAGE_SIZE')}': need IMAGE_SIZE >= 16, NUM_SAMPLES >= 1, "
+                              f'REPEATS >= 1 and 0.05 <= SIZE_RANGE[0] <= SIZE_RANGE[1] <= 0.8')
         every = [(col, s, bg) for col in c.COLORS for s in c.SHAPES for bg in c.BACKGROUNDS if col != bg]
         self.train_combos = [x for x in every if (x[0], x[1]) not in self.holdout]
         self.eval_combos = [x for x in every if (x[0], x[1]) in self.holdout] or every
@@ -217,7 +219,7 @@ class ShapesDataset(BaseDataset):
         return pairs
 
     def num_records(self) -> int:
-        return self.cfg.NUM_SAMPLES if self.mode == 'train' else len(self.eval_combos)
+        return self.cfg.NUM_SAMPLES if self.mode == 'train' else len(self.eval_combos) * self.cfg.REPEATS
 
     def combo(self, index: int) -> tuple[str, str, str]:
         combos = self.train_combos if self.mode == 'train' else self.eval_combos

@@ -95,15 +95,21 @@ def dpm2_step(denoise, x, sigma, sigma_to, denoised):
     return x + to_d(x_2, sigma_mid, denoise(x_2, sigma_mid)) * (sigma_to - sigma)
 
 
-def run_steps(step: Callable, denoise, x, sigmas, eta=0.0, s_noise=1.0, generator=None, callback=None):
+def run_steps(step: Callable, denoise, x, sigmas, eta=0.0, s_noise=1.0, generator=None, callback=None,
+              sigmas_to=None):
     """The loop the single-step samplers share: x0 at sigma_i, `step` down to sigma_down
-    (Euler when that is 0), then fresh noise of std sigma_up; eta = 0 is deterministic."""
+    (Euler when that is 0), then fresh noise of std sigma_up; eta = 0 is deterministic.
+    `sigmas_to[i]`, when given, is where step i lands instead of sigmas[i + 1] (diffusers'
+    DDIM strides); the model's x_t = x / sqrt(1 + sigma^2) is then read as at sigmas[i + 1]."""
     for i in range(len(sigmas) - 1):
+        target = sigmas[i + 1] if sigmas_to is None else sigmas_to[i]
         denoised = denoise(x, sigmas[i])
-        down, up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        down, up = ancestral_step(sigmas[i], target, eta)
         x = (step if down > 0 else euler_step)(denoise, x, sigmas[i], down, denoised)
         if up > 0:
             x = x + randn_like(x, generator) * (s_noise * up)
+        if target != sigmas[i + 1]:
+            x = x * float(((1 + sigmas[i + 1] ** 2) / (1 + target ** 2)).sqrt())
         report_step(callback, i, x, sigmas[i + 1], denoised)
     return x
 
@@ -122,17 +128,17 @@ def sample_euler_ancestral(denoise, x, sigmas, generator=None, callback=None, et
 
 
 @register_sampler('ddim', karras=False, discrete_timesteps=True)
-def sample_ddim(denoise, x, sigmas, generator=None, callback=None, eta=0.0):
+def sample_ddim(denoise, x, sigmas, generator=None, callback=None, eta=0.0, sigmas_to=None):
     """DDIM (Song et al. 2021). In x = x_t / alpha_t its update with eta is exactly an Euler
     step to sigma_down plus noise sigma_up (euler_ancestral's step), deterministic at eta 0."""
-    return run_steps(euler_step, denoise, x, sigmas, eta, 1.0, generator, callback)
+    return run_steps(euler_step, denoise, x, sigmas, eta, 1.0, generator, callback, sigmas_to)
 
 
 @register_sampler('ddpm', karras=False, discrete_timesteps=True)
-def sample_ddpm(denoise, x, sigmas, generator=None, callback=None):
+def sample_ddpm(denoise, x, sigmas, generator=None, callback=None, sigmas_to=None):
     """Ancestral sampling from the DDPM posterior q(x_prev | x_t, x0) with variance
     beta_tilde (Ho et al. 2020), which is DDIM with eta = 1."""
-    return run_steps(euler_step, denoise, x, sigmas, 1.0, 1.0, generator, callback)
+    return run_steps(euler_step, denoise, x, sigmas, 1.0, 1.0, generator, callback, sigmas_to)
 
 
 @register_sampler('heun')

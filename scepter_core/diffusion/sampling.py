@@ -13,7 +13,7 @@ from ..registry import DIFFUSION_SAMPLERS
 from ..env import we
 from ..utils.progress import progress_bar
 from .guidance import constrain_x0
-from .timesteps import discretize, drop_penultimate, strength_start
+from .timesteps import PREV_TIMESTEPS, discretize, strength_start, strided_targets
 
 _PROTOCOL_ARGS = ('denoise', 'x', 'sigmas')
 
@@ -44,19 +44,30 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator:
 class SamplingMixin:
     """Needs `num_timesteps`, `t_to_sigma(t)`, `denoiser(...)` and `logger` from its host."""
 
+    def timestep_grid(self, steps: int | Sequence[float], discretization: str | None = None,
+                      t_max: float | None = None, t_min: float | None = None,
+                      discard_penultimate_step: bool = False, integer: bool = False) -> torch.Tensor:
+        """The visited timesteps, descending (CPU float64). With `discard_penultimate_step`
+        one extra is discretized and the last dropped, so the grid jumps from the one before
+        it to the clean end and the step count stays `steps`. A list is used as is."""
+        if not isinstance(steps, int):
+            return torch.as_tensor(steps, dtype=torch.float64).flatten()
+        ts = discretize(discretization, steps + int(discard_penultimate_step), self.num_timesteps,
+                        t_max, t_min, integer)
+        return ts[:-1] if discard_penultimate_step and len(ts) > 1 else ts
+
     def sigma_grid(self, steps: int | Sequence[float], discretization: str | None = None,
                    t_max: float | None = None, t_min: float | None = None,
                    discard_penultimate_step: bool = False, integer: bool = False) -> torch.Tensor:
-        """Descending k-diffusion sigmas at the visited timesteps, then 0 (CPU float64).
-        With `discard_penultimate_step` one extra timestep is visited and the last positive
-        sigma dropped, so the step count stays `steps`. A list of timesteps is used as is."""
-        if isinstance(steps, int):
-            ts = discretize(discretization, steps + int(discard_penultimate_step), self.num_timesteps,
-                            t_max, t_min, integer)
-        else:
-            ts, discard_penultimate_step = torch.as_tensor(steps, dtype=torch.float64).flatten(), False
-        sigmas = torch.cat([self.t_to_sigma(ts), torch.zeros(1, dtype=torch.float64)])
-        return drop_penultimate(sigmas) if discard_penultimate_step else sigmas
+        """Descending k-diffusion sigmas at the visited timesteps (`timestep_grid`), then 0
+        (CPU float64)."""
+        ts = self.timestep_grid(steps, discretization, t_max, t_min, discard_penultimate_step, integer)
+        return torch.cat([self.t_to_sigma(ts), torch.zeros(1, dtype=torch.float64)])
+
+    def strided_sigmas(self, ts: torch.Tensor) -> torch.Tensor:
+        """The sigma each step lands on with prev_timestep 'strided' (`strided_targets`), 0 past t = 0."""
+        targets = strided_targets(ts, self.num_timesteps)
+        return torch.where(targets >= 0, self.t_to_sigma(targets.clamp(min=0)), 0.0)
 
     def sample(self, noise: torch.Tensor | None, model: Callable, model_kwargs: dict | list | None = None,
                solver: str | Callable = 'ddim', steps: int | Sequence[float] = 50,
@@ -66,7 +77,8 @@ class SamplingMixin:
                t_max: float | None = None, t_min: float | None = None,
                discard_penultimate_step: bool | None = None, return_intermediate: str | None = None,
                intermediate_callback: Callable | None = None, x: torch.Tensor | None = None,
-               denoising_strength: float = 1.0, **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, list]:
+               denoising_strength: float = 1.0, prev_timestep: str = 'next',
+               **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, list]:
         """Run `solver` from `noise` (N(0, I), shaped like a sample) and return x0.
 
         img2img: with a clean latent `x` and denoising_strength < 1 the run starts part-way
@@ -74,20 +86,31 @@ class SamplingMixin:
         strength 1 ignores x. discretization None means linspace. discard_penultimate_step
         None takes the sampler's default. return_intermediate 'x0' or 'xt' also returns one
         tensor per step; `intermediate_callback` gets the same value (x0 by default).
+        prev_timestep 'strided' (samplers with a `sigmas_to` argument: ddim, ddpm) steps each
+        t to t - T // N as diffusers' DDIMScheduler does, then reads the sample at the next
+        visited timestep; 'next' (default) steps to the next visited timestep.
         Other kwargs go to the sampler (eta, s_noise, order, ...)."""
         if return_intermediate not in (None, 'x0', 'xt'):
             raise ConfigError(f"return_intermediate: '{return_intermediate}' is not one of None, 'x0', 'xt'")
+        if prev_timestep not in PREV_TIMESTEPS:
+            raise ConfigError(f"prev_timestep: '{prev_timestep}' is not one of {', '.join(PREV_TIMESTEPS)}")
         fn = resolve_sampler(solver)
+        name = solver if isinstance(solver, str) else getattr(solver, '__name__', 'custom')
         if discard_penultimate_step is None:
             discard_penultimate_step = getattr(fn, 'discard_penultimate_step', False)
-        sigmas = self.sigma_grid(steps, discretization, t_max, t_min, discard_penultimate_step,
-                                 getattr(fn, 'discrete_timesteps', False))
+        ts = self.timestep_grid(steps, discretization, t_max, t_min, discard_penultimate_step,
+                                getattr(fn, 'discrete_timesteps', False))
+        sigmas = torch.cat([self.t_to_sigma(ts), torch.zeros(1, dtype=torch.float64)])
         start = strength_start(len(sigmas), denoising_strength) if x is not None else 0
         sigmas = sigmas[start:]
+        if prev_timestep == 'strided':
+            if 'sigmas_to' not in inspect.signature(fn).parameters:
+                raise ConfigError(f"prev_timestep 'strided': sampler {name!r} only steps to the next timestep "
+                                  f'(ddim and ddpm take strided steps)')
+            kwargs['sigmas_to'] = self.strided_sigmas(ts)[start:]
         x_init, generator = _initial_state(noise, x, start > 0, float(sigmas[0]), seed)
         denoise = constrain_x0(self.denoiser(model, model_kwargs, guide_scale, guide_rescale),
                                clamp, percentile, condition_fn)
-        name = solver if isinstance(solver, str) else getattr(solver, '__name__', 'custom')
         intermediates: list[torch.Tensor] = []
         # condition_fn may need autograd (e.g. classifier guidance); inference tensors cannot join it.
         grad_mode = torch.no_grad() if condition_fn is not None else torch.inference_mode()

@@ -41,6 +41,16 @@ def discretize(discretization: str | None, steps: int, num_timesteps: int, t_max
     return torch.as_tensor(np.ascontiguousarray(ts), dtype=torch.float64).clamp(t_min, t_max)
 
 
+PREV_TIMESTEPS = ('next', 'strided')
+
+
+def strided_targets(ts: torch.Tensor, num_timesteps: int) -> torch.Tensor:
+    """Where diffusers' DDIMScheduler (and DDPMScheduler) step each visited timestep t to:
+    t - T // N (N = len(ts)) whatever the spacing, not the next visited timestep; -1 (the
+    clean end, alpha = 1) below 0. With linspace, or T not a multiple of N, the two differ."""
+    return (ts - num_timesteps // len(ts)).clamp(min=-1)
+
+
 def karras_sigmas(sigmas: torch.Tensor, rho: float = 7.0) -> torch.Tensor:
     """Re-space the positive sigmas of a grid as Karras et al. (2022) eq. 5, same ends and
     count; a trailing zero stays."""
@@ -52,11 +62,6 @@ def karras_sigmas(sigmas: torch.Tensor, rho: float = 7.0) -> torch.Tensor:
     ramp = torch.linspace(0, 1, n, dtype=sigmas.dtype)
     out = (hi + ramp * (lo - hi)) ** rho
     return torch.cat([out, sigmas.new_zeros(len(sigmas) - n)])
-
-
-def drop_penultimate(sigmas: torch.Tensor) -> torch.Tensor:
-    """Remove the last positive sigma so the grid jumps from the one before it to 0."""
-    return torch.cat([sigmas[:-2], sigmas[-1:]]) if len(sigmas) > 2 else sigmas
 
 
 def strength_start(num_sigmas: int, strength: float) -> int:

@@ -1,8 +1,9 @@
 """Hooks: side concerns of the solver loop, run in priority order (lower first).
 
 Stages: before_solve, before_all_iter, before_iter, after_iter, after_all_iter,
-after_solve, before_epoch, after_epoch. `after_iter` runs after every micro-batch;
-`solver.is_step_end` tells whether an optimizer step just completed."""
+after_solve, before_epoch, after_epoch, after_eval. `after_iter` runs after every micro-batch;
+`solver.is_step_end` tells whether an optimizer step just completed. `after_eval` runs after each
+periodic evaluation (EVAL_INTERVAL), with the metrics in `solver.metric_values`."""
 from __future__ import annotations
 
 from typing import Any
@@ -15,7 +16,7 @@ PRIORITY = {
     'LOG': 200, 'TENSORBOARD': 210, 'PROBE': 250, 'CHECKPOINT': 300, 'LOWEST': 1000,
 }
 STAGES = ('before_solve', 'before_epoch', 'before_all_iter', 'before_iter', 'after_iter',
-          'after_all_iter', 'after_epoch', 'after_solve')
+          'after_all_iter', 'after_epoch', 'after_solve', 'after_eval')
 
 
 class BaseHook(BaseObject):
@@ -49,3 +50,4 @@ class BaseHook(BaseObject):
     def after_all_iter(self, solver) -> None: ...
     def before_iter(self, solver) -> None: ...
     def after_iter(self, solver) -> None: ...
+    def after_eval(self, solver) -> None: ...

@@ -11,7 +11,8 @@ from .base import PRIORITY, BaseHook
 class ModelEmaHook(BaseHook):
     """After each optimizer step: ema = decay * ema + (1 - decay) * weights.
 
-    Uses the model's own `model_ema` (LatentDiffusion with USE_EMA, saved as `model_ema.*`)
+    Uses the model's own `model_ema` (LatentDiffusion with USE_EMA, saved as `model_ema.*`;
+    with a TUNER it is the tuned UNet, so the adapters are averaged: tuners.sync_ema_copy)
     when present; otherwise keeps a shadow of every trainable parameter in its state."""
 
     default_priority = PRIORITY['EMA']

@@ -28,13 +28,18 @@ class TensorboardLogHook(BaseHook):
     def after_iter(self, solver) -> None:
         if self.writer is None or not solver.is_step_end:
             return
-        if solver.step % self.cfg.LOG_INTERVAL == 0 or solver.step == solver.max_steps or \
-                any(k.startswith('eval/') for k in solver.log_values):
+        if solver.step % self.cfg.LOG_INTERVAL == 0 or solver.step == solver.max_steps:
             for k, v in solver.log_values.items():
-                self.writer.add_scalar(k, v, solver.step)
-            for k in [k for k in solver.log_values if k.startswith('eval/')]:
-                solver.log_values.pop(k)  # eval values are written once, at the step they were measured
+                if not k.startswith('eval/'):  # written by after_eval, at the step they were measured
+                    self.writer.add_scalar(k, v, solver.step)
             self.writer.flush()
+
+    def after_eval(self, solver) -> None:
+        if self.writer is None:
+            return
+        for k, v in solver.metric_values.items():
+            self.writer.add_scalar(f'eval/{k}', v, solver.step)
+        self.writer.flush()
 
     def after_solve(self, solver) -> None:
         if self.writer is not None:

@@ -278,11 +278,11 @@ class BaseSolver(BaseObject):
             sd = full_model_state(self.model)
             if self.cfg.TUNER:
                 from ..tuners import tuner_state_dict
-                keys = set(tuner_state_dict(self.unwrapped_model))
+                keys = set(tuner_state_dict(self.unwrapped_model, ema=True))
                 return {k: v for k, v in sd.items() if k in keys}
-        elif self.cfg.TUNER:  # a tuned run saves its adapters only
+        elif self.cfg.TUNER:  # a tuned run saves its adapters only (and the EMA copy's, with USE_EMA)
             from ..tuners import tuner_state_dict
-            return tuner_state_dict(self.unwrapped_model)
+            return tuner_state_dict(self.unwrapped_model, ema=True)
         else:
             sd = self.unwrapped_model.state_dict()
         keep = tuple(self.cfg.SAVE_MODULES or ())
@@ -315,13 +315,22 @@ class BaseSolver(BaseObject):
         state = self.training_state() if with_state else None
         out = self.work_dir / 'checkpoints' / ckpt.step_dir_name(self.step)
         if we.is_main:
-            ckpt.write_checkpoint(out.parent, self.step, weights, state, Config(self.cfg_root or {}).to_yaml())
+            ckpt.write_checkpoint(out.parent, self.step, weights, state, Config(self.cfg_root or {}).to_yaml(),
+                                  metadata=self.checkpoint_metadata())
         self.last_checkpoint = str(out)  # on every rank: hooks decide from it, all ranks alike
         from ..dist import barrier
         barrier()
         return out
 
     cfg_root: Config | None = None  # the whole recipe, saved beside each checkpoint
+
+    def checkpoint_metadata(self) -> dict[str, str]:
+        """safetensors metadata of the weights: a tuned run's adapter configs and base-model
+        hash, so that its checkpoint loads as an adapter file anywhere."""
+        if not self.cfg.TUNER:
+            return {}
+        from ..tuners import adapter_metadata
+        return adapter_metadata(self.unwrapped_model)
 
     def load_checkpoint(self, checkpoint: str) -> None:
         step_dir = ckpt.resolve_checkpoint(checkpoint, self.work_dir)

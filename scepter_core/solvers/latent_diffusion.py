@@ -19,7 +19,8 @@ from .base import BaseSolver
 
 SAMPLE_KEYS = {'SAMPLER': 'sampler', 'SAMPLE_STEPS': 'sample_steps', 'SEED': 'seed', 'GUIDE_SCALE': 'guide_scale',
                'GUIDE_RESCALE': 'guide_rescale', 'DISCRETIZATION': 'discretization', 'IMAGE_SIZE': 'image_size',
-               'RUN_TRAIN_N': 'run_train_n', 'N_PROMPT': 'n_prompt'}
+               'RUN_TRAIN_N': 'run_train_n', 'N_PROMPT': 'n_prompt',
+               'PREV_TIMESTEP': 'prev_timestep'}  # 'strided': ddim / ddpm step as diffusers' schedulers
 
 
 def sample_kwargs(sample_args: dict | None) -> dict[str, Any]:
@@ -138,17 +139,24 @@ class LatentDiffusionSolver(BaseSolver):
             grid = make_grid([o['image'] for o in self.eval_outputs[:64]], [o['prompt'] for o in self.eval_outputs[:64]])
             grid.save(out_dir / 'grid.png')
         (out_dir / 'samples.json').write_text(json.dumps(meta, indent=1))
-        (out_dir / 'metrics.json').write_text(json.dumps({'step': self.step, **values}, indent=2))
+        (out_dir / 'metrics.json').write_text(json.dumps({'step': self.trained_step(), **values}, indent=2))
+
+    def trained_step(self) -> int:
+        """Steps behind the weights: this run's, or those recorded in the loaded checkpoint."""
+        if self.step or not (self.cfg.MODEL or {}).get('PRETRAINED_MODEL'):
+            return self.step
+        from ..checkpoint import checkpoint_step
+        return checkpoint_step(self.cfg.MODEL.PRETRAINED_MODEL) or 0
 
     def run_eval(self) -> None:
         if 'eval' not in self.datas:
             return
         values = self._run_prompts('eval', self.work_dir / 'eval' / f'step-{self.step:06d}')
         self.metric_values = values
-        self.log_values.update({f'eval/{k}': v for k, v in values.items()})
         if values:
             self.logger.info(f'eval step {self.step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in values.items()))
         self.call_hooks('after_iter', which='eval')
+        self.call_hooks('after_eval')
 
     def run_test(self) -> None:
         values = self._run_prompts('test', self.work_dir / 'test')

@@ -2,6 +2,7 @@
 (`apply_tuners`, `tuner_state_dict`, `is_tuned`) and loading a `LoraState` into a model."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -16,7 +17,7 @@ from ..config import Config
 from ..errors import CheckpointError
 from ..registry import TUNERS
 from .lora import LoRA
-from .state import ADAPTER_KEY, LoraState, adapter_entries, block_for, is_adapter_key
+from .state import ADAPTER_KEY, EMA_PREFIX, LoraState, adapter_entries, block_for, is_adapter_key, split_state
 
 RECORD_ATTR = '_scepter_tuners'
 
@@ -51,10 +52,11 @@ def is_tuned(model: nn.Module) -> bool:
 
 def base_model_hash(model: nn.Module) -> str:
     """A fingerprint of the base weights (names, shapes and a strided sample of values of every
-    non-adapter tensor), cheap enough for SD-sized models; unchanged by adapter injection."""
+    non-adapter tensor but the EMA copy), cheap enough for SD-sized models; unchanged by adapter
+    injection."""
     h = hashlib.sha256()
     for key, t in sorted(model.state_dict().items()):
-        if is_adapter_key(key) or t.is_meta:
+        if is_adapter_key(key) or t.is_meta or key.startswith(EMA_PREFIX):
             continue
         h.update(key.replace('.base_layer.', '.').encode())
         h.update(str(tuple(t.shape)).encode())
@@ -89,19 +91,41 @@ def _bias_keys(model: nn.Module, modules: list[str], bias: str) -> set[str]:
         params = dict(model.named_parameters())
         return {f'{m}.base_layer.bias' for m in modules if f'{m}.base_layer.bias' in params}
     if bias == 'all':
-        return {n for n, _ in model.named_parameters() if n.endswith('.bias')}
+        return {n for n, _ in model.named_parameters() if n.endswith('.bias') and not n.startswith(EMA_PREFIX)}
     return set()
 
 
 def settle(model: nn.Module) -> None:
     """Every adapter of every layer active; only trainable adapters (and their biases) have
-    gradients, every other parameter is frozen."""
+    gradients, every other parameter (the EMA copy's adapters too) is frozen."""
     record = record_of(model)
     for layer in lora_layers(model).values():
         layer.set_adapter(list(layer.lora_A))
     for name, p in model.named_parameters():
         m = ADAPTER_KEY.match(name)
-        p.requires_grad_(bool(m and m['adapter'] in record.trainable) or name in record.bias_keys)
+        trains = bool(m and m['adapter'] in record.trainable) or name in record.bias_keys
+        p.requires_grad_(trains and not name.startswith(EMA_PREFIX))
+
+
+def _adapter_keys(module: nn.Module) -> set[str]:
+    return {k for k in module.state_dict() if is_adapter_key(k)}
+
+
+def sync_ema_copy(model: nn.Module) -> None:
+    """With an EMA copy of the UNet (`model.model_ema`, USE_EMA), rebuild that copy from the
+    tuned UNet, adapters included: the EMA then averages what trains (the adapters; the
+    frozen base stays the base), and sampling with the EMA copy uses them. Adapter values the
+    copy already holds are kept; nothing happens when it already has every adapter."""
+    unet, ema = getattr(model, 'model', None), getattr(model, 'model_ema', None)
+    if not isinstance(unet, nn.Module) or not isinstance(ema, nn.Module) or not is_tuned(unet):
+        return
+    if _adapter_keys(unet) == _adapter_keys(ema):
+        return
+    kept = {k: v.detach().clone() for k, v in ema.state_dict().items() if is_adapter_key(k)}
+    model.model_ema = None  # free the old copy before making the new one
+    fresh = copy.deepcopy(unet).requires_grad_(False).eval()
+    fresh.load_state_dict(kept, strict=False)
+    model.model_ema = fresh
 
 
 def _warn_without_grad(model: nn.Module, logger: logging.Logger) -> None:
@@ -138,29 +162,35 @@ def apply_tuners(model: nn.Module, tuner_cfg: list | Config | dict | str,
         logger.info(f'{type(tuner).__name__} adapter {name}: rank {tuner.cfg.R} on {len(modules)} modules '
                     f'(e.g. {modules[0]})')
     settle(model)
+    sync_ema_copy(model)
     _warn_without_grad(model, logger)
     return model
 
 
-def tuner_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter weights (and biases trained with them), named as in `model.state_dict()`."""
+def tuner_state_dict(model: nn.Module, ema: bool = False) -> dict[str, torch.Tensor]:
+    """Adapter weights (and biases trained with them), named as in `model.state_dict()`;
+    with `ema`, also the EMA copy's adapters (`model_ema.*`, see `sync_ema_copy`)."""
     bias_keys = record_of(model).bias_keys
-    return {k: v for k, v in model.state_dict().items() if is_adapter_key(k) or k in bias_keys}
+    return {k: v for k, v in model.state_dict().items()
+            if (is_adapter_key(k) or k in bias_keys) and (ema or not k.startswith(EMA_PREFIX))}
 
 
-def model_lora_state(model: nn.Module) -> LoraState:
-    """The model's adapters as a LoraState (configs from the record, or read off the layers)."""
+def adapter_configs(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """adapter -> its LoRA block (from the record, or read off the layers)."""
     record = record_of(model)
-    sd = tuner_state_dict(model)
-    tensors = {k: v for k, v in sd.items() if is_adapter_key(k)}
     configs = {}
     for adapter in adapter_names(model):
         if adapter in record.configs:
             configs[adapter] = record.configs[adapter]
             continue
-        layers = [layer for layer in lora_layers(model).values() if adapter in layer.lora_A]
-        configs[adapter] = {'NAME': 'LoRA', 'R': layers[0].r[adapter], 'LORA_ALPHA': layers[0].lora_alpha[adapter]}
-    return LoraState(tensors, configs, {k: v for k, v in sd.items() if k not in tensors})
+        layer = next(layer for layer in lora_layers(model).values() if adapter in layer.lora_A)
+        configs[adapter] = {'NAME': 'LoRA', 'R': layer.r[adapter], 'LORA_ALPHA': layer.lora_alpha[adapter]}
+    return configs
+
+
+def model_lora_state(model: nn.Module) -> LoraState:
+    """The model's adapters as a LoraState (with the EMA copy's adapters, if any, in `ema`)."""
+    return split_state(tuner_state_dict(model, ema=True), adapter_configs(model), type(model).__name__)
 
 
 def inject_state(model: nn.Module, state: LoraState, trainable: bool = False, scale: float = 1.0,
@@ -172,7 +202,7 @@ def inject_state(model: nn.Module, state: LoraState, trainable: bool = False, sc
     if state.metadata.get('base_hash') and state.metadata['base_hash'] != record.base_hash:
         logger.warning(f"{source}: trained on another base model (hash {state.metadata['base_hash']}, "
                        f'this one {record.base_hash}); applying it anyway')
-    used = []
+    used: dict[str, str] = {}  # adapter in the file -> its name in the model
     for adapter in state.adapters():
         entries = adapter_entries(state, adapter)
         block = block_for(entries, state.configs[adapter])
@@ -183,22 +213,30 @@ def inject_state(model: nn.Module, state: LoraState, trainable: bool = False, sc
         if missing:
             raise CheckpointError(f"{source}: the model has no adaptable module '{missing[0]}' "
                                   f'({len(missing)} of {len(entries)} modules missing)')
-        suffix = f'.{adapter}.weight'
-        _load_exact(model, {k[:-len(suffix)] + f'.{name}.weight': v for k, v in state.tensors.items()
-                            if k.endswith(suffix)}, source)
+        _load_exact(model, _renamed(state.tensors, adapter, name), source)
         for layer in lora_layers(model).values():
             layer.set_scale(name, scale)
         record.configs[name] = dict(state.configs[adapter])
         if trainable:
             record.trainable.add(name)
-        used.append(name)
+        used[adapter] = name
         logger.info(f'{source}: adapter {name} on {len(entries)} modules, scale {scale:g}')
     if state.extra:
         _load_exact(model, state.extra, source)
         if trainable:
             record.bias_keys |= set(state.extra)
     settle(model)
-    return used
+    sync_ema_copy(model)
+    if state.ema and getattr(model, 'model_ema', None) is not None:  # a model without one samples without EMA
+        for adapter, name in used.items():
+            _load_exact(model, _renamed(state.ema, adapter, name), source)
+    return list(used.values())
+
+
+def _renamed(sd: dict[str, torch.Tensor], adapter: str, name: str) -> dict[str, torch.Tensor]:
+    """The tensors of `adapter` in `sd`, renamed to adapter `name`."""
+    suffix = f'.{adapter}.weight'
+    return {k[:-len(suffix)] + f'.{name}.weight': v for k, v in sd.items() if k.endswith(suffix)}
 
 
 def _load_exact(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:

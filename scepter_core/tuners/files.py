@@ -12,7 +12,7 @@ from torch import nn
 from ..base import get_logger
 from ..checkpoint import load_state_dict, read_safetensors_header, save_state_dict
 from ..errors import CheckpointError
-from .apply import inject_state, model_lora_state, record_of
+from .apply import adapter_configs, inject_state, model_lora_state, record_of
 from .state import ADAPTER_KEY, LoraState, split_state
 
 FORMAT = 'scepter-lora'
@@ -21,9 +21,10 @@ _SPEC = re.compile(r'^(?P<path>.+):(?P<scale>[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+
 
 def adapter_metadata(model: nn.Module, tuner_cfgs: dict[str, dict] | None = None,
                      base_hash: str | None = None) -> dict[str, str]:
-    """safetensors metadata of an adapter file: format marker, tuner configs, base-model hash."""
+    """safetensors metadata of an adapter file (or a LoRA run's checkpoint): format marker,
+    tuner configs, base-model hash. Reads no tensors."""
     record = record_of(model)
-    configs = tuner_cfgs if tuner_cfgs is not None else model_lora_state(model).configs
+    configs = tuner_cfgs if tuner_cfgs is not None else adapter_configs(model)
     return {'format': FORMAT, 'tuners': json.dumps(configs, sort_keys=True),
             'base_hash': base_hash or record.base_hash}
 

@@ -18,6 +18,7 @@ from ..errors import CheckpointError
 ADAPTER_KEY = re.compile(r'^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_magnitude_vector)\.'
                          r'(?P<adapter>[^.]+)\.weight$')
 PARTS = ('lora_A', 'lora_B', 'lora_magnitude_vector')
+EMA_PREFIX = 'model_ema.'  # the EMA copy of the UNet (USE_EMA): its adapters average the trained ones
 
 
 def is_adapter_key(key: str) -> bool:
@@ -43,12 +44,14 @@ class ModuleLora:
 class LoraState:
     """Adapters grouped as peft holds them: `tensors` keyed like the model's state dict
     (`<module>.lora_A.<adapter>.weight`, plus any trained biases in `extra`) and one
-    LoRA block per adapter in `configs`."""
+    LoRA block per adapter in `configs`; `ema`: the same adapters in a run's EMA copy of
+    the UNet (`model_ema.<module>...`), if it had one."""
 
     tensors: dict[str, torch.Tensor]
     configs: dict[str, dict[str, Any]]
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    ema: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def adapters(self) -> list[str]:
         return list(self.configs)
@@ -66,19 +69,21 @@ class LoraState:
         return self.tensors.get(f'{module}.{part}.{adapter}.weight')
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**self.tensors, **self.extra}
+        return {**self.tensors, **self.extra, **self.ema}
 
 
 def split_state(sd: dict[str, torch.Tensor], configs: dict[str, dict[str, Any]], source: str) -> LoraState:
-    """A LoraState from a state dict of adapter tensors (and extras) and the adapters' blocks."""
-    tensors = {k: v for k, v in sd.items() if is_adapter_key(k)}
-    extra = {k: v for k, v in sd.items() if k not in tensors}
+    """A LoraState from a state dict of adapter tensors (and extras, and the EMA copy's
+    adapters) and the adapters' blocks."""
+    ema = {k: v for k, v in sd.items() if k.startswith(EMA_PREFIX) and is_adapter_key(k)}
+    tensors = {k: v for k, v in sd.items() if is_adapter_key(k) and k not in ema}
+    extra = {k: v for k, v in sd.items() if k not in tensors and k not in ema}
     found = {ADAPTER_KEY.match(k)['adapter'] for k in tensors}
     missing = sorted(found - set(configs))
     if missing:
         raise CheckpointError(f"'{source}': adapter {missing[0]!r} has weights but no LoRA config "
                               f'(known: {", ".join(configs) or "none"})')
-    return LoraState(tensors, {a: c for a, c in configs.items() if a in found}, extra)
+    return LoraState(tensors, {a: c for a, c in configs.items() if a in found}, extra, ema=ema)
 
 
 def module_alpha(cfg: dict[str, Any], module: str, rank: int) -> float:

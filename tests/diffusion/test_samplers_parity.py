@@ -50,8 +50,8 @@ def test_ddim_matches_diffusers(spacing, kind, make_diffusion, model_fn, noise, 
 def test_ddim_linspace_matches_diffusers_timesteps(make_diffusion, model_fn, noise, diffusers_sd15):
     """On DDIM's rounded linspace timesteps. diffusers' DDIMScheduler itself steps each
     x_t to t - T // N rather than to the next (rounded) timestep, which linspace spacing
-    makes differ; deterministic DDIM is Euler in sigma, so its consistent version is
-    diffusers' Euler on the same timesteps."""
+    makes differ (prev_timestep='strided' below does that); deterministic DDIM is Euler in
+    sigma, so its consistent version is diffusers' Euler on the same timesteps."""
     ddim = DDIMScheduler(**diffusers_sd15, timestep_spacing='linspace')
     ddim.set_timesteps(50)
     euler = EulerDiscreteScheduler(**diffusers_sd15)
@@ -60,6 +60,37 @@ def test_ddim_linspace_matches_diffusers_timesteps(make_diffusion, model_fn, noi
     ref = run_diffusers(euler, model_fn, init, timesteps=ddim.timesteps.tolist())
     got = make_diffusion().sample(noise, model_fn, solver='ddim', steps=50, discretization='linspace')
     assert_rel_close(got, ref)
+
+
+@pytest.mark.parametrize('kind', ['eps', 'v'])
+@pytest.mark.parametrize('spacing, steps', [('linspace', 50), ('trailing', 30)])
+def test_ddim_strided_matches_diffusers_ddim(spacing, steps, kind, make_diffusion, model_fn, noise, diffusers_sd15):
+    """prev_timestep='strided' reproduces DDIMScheduler itself (issue #4): each t steps to
+    t - T // N, and the sample is read at the next listed timestep as it is. In float64 on
+    one schedule (diffusers computes its own in float32, 5e-7 off) the runs agree to rounding."""
+    diffusion = make_diffusion(PREDICTION_TYPE=kind)
+    ref_sched = DDIMScheduler(**diffusers_sd15, timestep_spacing=spacing, clip_sample=False,
+                              set_alpha_to_one=True, steps_offset=0, prediction_type=PRED[kind])
+    own_schedule = run_diffusers(ref_sched, model_fn, noise, steps)
+    ref_sched.alphas_cumprod = diffusion.alphas_cumprod.double()
+    ref = run_diffusers(ref_sched, model_fn, noise.double(), steps)
+    got = diffusion.sample(noise.double(), model_fn, solver='ddim', steps=steps, discretization=spacing,
+                           prev_timestep='strided')
+    assert (got - ref).abs().max().item() < 1e-10
+    got32 = diffusion.sample(noise, model_fn, solver='ddim', steps=steps, discretization=spacing,
+                             prev_timestep='strided')
+    assert_rel_close(got32, own_schedule, 1e-5)  # float32, each its own schedule
+    # the default (to the next listed timestep) is another, self-consistent sampler
+    plain = diffusion.sample(noise, model_fn, solver='ddim', steps=steps, discretization=spacing)
+    assert (plain - own_schedule).abs().max().item() > 1e-3
+
+
+def test_strided_steps_need_a_sampler_that_takes_them(make_diffusion, model_fn, noise):
+    from scepter_core.errors import ConfigError
+    with pytest.raises(ConfigError, match='strided'):
+        make_diffusion().sample(noise, model_fn, solver='euler', steps=5, prev_timestep='strided')
+    with pytest.raises(ConfigError, match='prev_timestep'):
+        make_diffusion().sample(noise, model_fn, solver='ddim', steps=5, prev_timestep='previous')
 
 
 @pytest.mark.parametrize('karras', [False, True])

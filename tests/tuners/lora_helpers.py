@@ -1,6 +1,8 @@
 """Helpers of the tuner tests (a module name of its own: every test folder has a conftest)."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 UNET_TARGETS = 'model.*(to_q|to_k|to_v|to_out.0|net.0.proj|net.2)$'
@@ -54,3 +56,25 @@ def denoiser_output(model: torch.nn.Module) -> torch.Tensor:
     with torch.no_grad():
         context = model.encode_prompts(['a red circle', 'a blue square on black'])
         return model.model(x, t, context)
+
+
+TO_TENSOR = [
+    {'NAME': 'ImageToTensor', 'INPUT_KEY': ['img'], 'OUTPUT_KEY': ['img']},
+    {'NAME': 'Normalize', 'MEAN': [0.5] * 3, 'STD': [0.5] * 3, 'INPUT_KEY': ['img'], 'OUTPUT_KEY': ['image']},
+    {'NAME': 'Select', 'KEYS': ['image', 'prompt'], 'META_KEYS': ['meta']},
+]
+
+
+def lora_run_recipe(work_dir, base, steps: int = 2, use_ema: bool = False, hooks: list | None = None) -> dict:
+    """A tiny LoRA run on generated shapes, from the base model file `base`: the _textlora
+    recipe's two adapters, a checkpoint every 2 steps, one test prompt."""
+    model = {**copy.deepcopy(TINY_MODEL), 'PRETRAINED_MODEL': str(base), 'USE_EMA': use_ema}
+    return {'ENV': {'SEED': 7}, 'SOLVER': {
+        'NAME': 'LatentDiffusionSolver', 'WORK_DIR': str(work_dir), 'MAX_STEPS': steps, 'SEED': 7,
+        'MODEL': model, 'TUNER': lora_blocks(), 'OPTIMIZER': {'NAME': 'AdamW', 'LEARNING_RATE': 1e-2},
+        'SAMPLE_ARGS': {'SAMPLER': 'ddim', 'SAMPLE_STEPS': 2, 'SEED': 1, 'GUIDE_SCALE': 2.0, 'IMAGE_SIZE': [16, 16]},
+        'TRAIN_DATA': {'NAME': 'ShapesDataset', 'IMAGE_SIZE': 16, 'NUM_SAMPLES': 16, 'BATCH_SIZE': 2,
+                       'TRANSFORMS': TO_TENSOR},
+        'TEST_DATA': {'NAME': 'ShapesDataset', 'MODE': 'test', 'IMAGE_SIZE': 16, 'BATCH_SIZE': 1,
+                      'COLORS': ['red'], 'SHAPES': ['circle'], 'BACKGROUNDS': ['white']},
+        'TRAIN_HOOKS': [{'NAME': 'BackwardHook'}, *(hooks or []), {'NAME': 'CheckpointHook', 'INTERVAL': 2}]}}

@@ -1,6 +1,7 @@
 """Adapter files: save / load, `--lora PATH[:SCALE]`, a trained adapter as SOLVER.TUNER, merging."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from lora_helpers import denoiser_output, lora_blocks, randomize_adapters
+import yaml
+from lora_helpers import TINY_MODEL, denoiser_output, lora_blocks, randomize_adapters
 from safetensors import safe_open
 
 from scepter_core.checkpoint import save_state_dict
@@ -70,6 +72,30 @@ def test_merged_model_equals_the_model_with_the_adapter_active(tuned, tmp_path: 
     with pytest.raises(CheckpointError):
         save_adapter(merged, tmp_path / 'nothing.safetensors')
     assert path.is_file()
+
+
+def test_convert_merge_lora_writes_a_plain_checkpoint(tuned, base_model, fresh_model, tmp_path: Path):
+    """`scepter convert BASE DST --merge-lora A:0.5 --merge-lora B:0.5` (two formats): DST has
+    the base's tensors only and computes what base + adapters compute."""
+    from scepter_cli.main import main
+    from scepter_core.registry import MODELS
+    base = tmp_path / 'base.safetensors'
+    save_state_dict(base_model.state_dict(), base)
+    recipe = tmp_path / 'recipe.yaml'
+    recipe.write_text(yaml.safe_dump({'SOLVER': {'MODEL': TINY_MODEL}}))
+    specs = [f"{save_adapter(tuned, tmp_path / 'a.safetensors')}:0.5",
+             f"{export_kohya(tuned, tmp_path / 'k.safetensors')}:0.5"]
+    merged = tmp_path / 'merged.safetensors'
+    assert main(['--debug', 'convert', str(base), str(merged), '--to', 'scepter', '--cfg', str(recipe),
+                 '--merge-lora', specs[0], '--merge-lora', specs[1]]) == 0
+    with safe_open(str(merged), 'pt') as f:
+        assert set(f.keys()) == set(base_model.state_dict()) and f.metadata()['merged_lora'] == ' '.join(specs)
+    assert lora_file_format(merged) is None
+    plain = MODELS.build({**copy.deepcopy(TINY_MODEL), 'PRETRAINED_MODEL': str(merged)}).eval()
+    expected = fresh_model()
+    apply_lora_files(expected, specs)
+    assert not is_tuned(plain) and (denoiser_output(expected) - denoiser_output(base_model)).abs().max() > 1e-3
+    torch.testing.assert_close(denoiser_output(plain), denoiser_output(expected), atol=1e-5, rtol=0)
 
 
 def test_a_trained_adapter_as_tuner_path_trains_on(tuned, fresh_model, tmp_path: Path):

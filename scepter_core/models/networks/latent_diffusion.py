@@ -130,7 +130,13 @@ class LatentDiffusion(TrainModule):
         return z * self.scale_factor.to(z.dtype)
 
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
-        return self.first_stage_model.decode(z / self.scale_factor.to(z.dtype))
+        scale = self.scale_factor
+        if float(scale) == 0.0:  # SCALE_FACTOR null and no training batch seen yet (an untrained model)
+            if not getattr(self, '_warned_scale', False):
+                self.logger.warning('SCALE_FACTOR was never estimated (no training batch seen): decoding with 1.0')
+                self._warned_scale = True
+            scale = torch.ones_like(scale)
+        return self.first_stage_model.decode(z / scale.to(z.dtype))
 
     def encode_condition(self, tokens: torch.Tensor, method: str = 'encode_text') -> torch.Tensor:
         return getattr(self.cond_stage_model, method)(tokens)
