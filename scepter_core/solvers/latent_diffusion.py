@@ -142,11 +142,13 @@ class LatentDiffusionSolver(BaseSolver):
         (out_dir / 'metrics.json').write_text(json.dumps({'step': self.trained_step(), **values}, indent=2))
 
     def trained_step(self) -> int:
-        """Steps behind the weights: this run's, or those recorded in the loaded checkpoint."""
-        if self.step or not (self.cfg.MODEL or {}).get('PRETRAINED_MODEL'):
+        """Steps behind the weights: this run's, or those recorded in the loaded checkpoint
+        (a trained adapter's when SOLVER.TUNER is a path, else the model's)."""
+        source = self.cfg.TUNER if isinstance(self.cfg.TUNER, str) else (self.cfg.MODEL or {}).get('PRETRAINED_MODEL')
+        if self.step or not source:
             return self.step
         from ..checkpoint import checkpoint_step
-        return checkpoint_step(self.cfg.MODEL.PRETRAINED_MODEL) or 0
+        return checkpoint_step(source) or 0
 
     def run_eval(self) -> None:
         if 'eval' not in self.datas:
