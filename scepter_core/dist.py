@@ -50,6 +50,15 @@ def all_gather(obj: Any) -> list[Any]:
     return [_unpack(b) for b in out]
 
 
+def mean_over_ranks(value: float) -> float:
+    """The mean of `value` over all ranks (every rank must call)."""
+    if not we.is_distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=we.device if we.device.type == 'cuda' else 'cpu')
+    dist.all_reduce(t)
+    return float(t.item()) / we.world_size
+
+
 def max_over_ranks(value: int) -> int:
     """The largest `value` any rank holds (e.g. the longest shard)."""
     if not we.is_distributed:

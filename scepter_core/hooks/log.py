@@ -9,6 +9,7 @@ from collections import deque
 
 import torch
 
+from ..dist import mean_over_ranks
 from ..env import we
 from ..registry import HOOKS
 from ..utils.progress import progress_bar
@@ -23,14 +24,6 @@ def _peak_memory_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     except ImportError:
         return 0.0
-
-
-def _mean_over_ranks(x: float) -> float:
-    if not we.is_distributed:
-        return x
-    t = torch.tensor([x], dtype=torch.float64, device=we.device if we.device.type == 'cuda' else 'cpu')
-    torch.distributed.all_reduce(t)
-    return float(t.item()) / we.world_size
 
 
 @HOOKS.register_class()
@@ -77,7 +70,7 @@ class LogHook(BaseHook):
             self._log_line(solver, lr)
 
     def _log_line(self, solver, lr: float) -> None:
-        loss = _mean_over_ranks(sum(self.window) / max(len(self.window), 1))
+        loss = mean_over_ranks(sum(self.window) / max(len(self.window), 1))
         now = time.perf_counter()
         steps = solver.step - self._it_last
         dt = max(now - self._t_last, 1e-9)

@@ -64,7 +64,8 @@ class ValLossHook(BaseHook):
                     losses.append(float(model.forward_train(**_to_device(batch, we.device))['loss']))
         random.setstate(py_state)
         model.train(was_training)
-        return sum(losses) / len(losses)
+        from ..dist import mean_over_ranks
+        return mean_over_ranks(sum(losses) / len(losses))  # each rank holds its own shard
 
     def after_iter(self, solver) -> None:
         if solver.is_step_end and self.cfg.VAL_INTERVAL and solver.step % self.cfg.VAL_INTERVAL == 0:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, tiny_recipe, write_recipe
+from tests.e2e.conftest import ROOT, TO_TENSOR, tiny_recipe, write_recipe
 
 TRACE_CODE = '''
 import hashlib, json, os, signal
@@ -51,7 +51,7 @@ class TraceHook(BaseHook):
             h.update(k.encode())
             h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
         rec = {'step': solver.step, 'rank': we.rank, 'world': we.world_size, 'indices': list(SEEN),
-               'weights': h.hexdigest()}
+               'weights': h.hexdigest(), 'val_loss': solver.log_values.get('val_loss')}
         SEEN.clear()
         with open(os.path.join(solver.work_dir, f'trace-rank{we.rank}.jsonl'), 'a') as f:
             f.write(json.dumps(rec) + '\\n')
@@ -69,8 +69,8 @@ PROBE_PROMPTS = ['a red circle on a white background', 'a green square on a blac
 def dist_recipe(tmp: Path, steps: int, processes: int = 2, env: dict | None = None, solver: dict | None = None,
                 **trace: object) -> Path:
     """The tiny recipe on TracedShapes with the TraceHook, for `processes` CPU workers, with
-    gradient clipping and EMA weights (model_ema, traced with the rest); a probe of 3 prompts
-    and an evaluation of the 3 test prompts at step 2."""
+    gradient clipping and EMA weights (model_ema, traced with the rest); a probe of 3 prompts,
+    an evaluation of the 3 test prompts and a validation loss at step 2."""
     cfg = tiny_recipe(tmp / 'work', steps)
     cfg['ENV'].update({'NUM_PROCESSES': processes, 'BACKEND': 'gloo', 'TIMEOUT_MINUTES': 2, **(env or {})})
     s = cfg['SOLVER']
@@ -81,6 +81,9 @@ def dist_recipe(tmp: Path, steps: int, processes: int = 2, env: dict | None = No
     s['EVAL_DATA'], s['EVAL_INTERVAL'] = dict(s['TEST_DATA']), 2
     s['TRAIN_HOOKS'].insert(2, {'NAME': 'ProbeDataHook', 'PROB_INTERVAL': 2, 'SAVE_LAST': False,
                                 'PROMPTS': PROBE_PROMPTS})
+    # a validation loss over each rank's own shard of separate (untraced) data, averaged over ranks
+    s['TRAIN_HOOKS'].append({'NAME': 'ValLossHook', 'VAL_INTERVAL': 2, 'NUM_BATCHES': 1,
+                             'DATA': {**s['TEST_DATA'], 'MODE': 'train', 'NUM_SAMPLES': 16, 'TRANSFORMS': TO_TENSOR}})
     s['TRAIN_HOOKS'].append({'NAME': 'TraceHook', **trace})
     s.update(solver or {})
     (tmp / 'trace_code.py').write_text(TRACE_CODE)

@@ -41,6 +41,8 @@ def test_spawn_trains_on_two_ranks(spawn_run: Path):
     sd = load_file(str(work / 'checkpoints' / 'step-000002' / 'model.safetensors'))
     assert not torch.equal(sd['model_ema.out.2.weight'], sd['model.out.2.weight'])  # EMA under DDP, saved once
     assert len(list(work.glob('**/std_log.txt'))) == 1
+    # the validation loss is averaged over the ranks' shards: one value, the same on every rank
+    assert tr[0][1]['val_loss'] is not None and tr[0][1]['val_loss'] == tr[1][1]['val_loss']
     # probe: each rank sampled its share of the 3 prompts; rank 0 wrote all, in order
     meta = json.loads((work / 'probe' / 'step-000002' / 'meta.json').read_text())
     assert [m['prompt'] for m in meta['samples']] == PROBE_PROMPTS

@@ -86,3 +86,24 @@ def test_whole_model_loading_assigns_the_file_tensors(saved):
     assert not any(p.requires_grad for p in model.model_ema.parameters())
     assert not any(p.requires_grad for p in model.first_stage_model.parameters())
     assert all(p.requires_grad for p in model.model.parameters())
+
+
+@pytest.mark.parametrize('fmt', ['ldm', 'diffusers'])
+def test_original_formats_load_with_nothing_missing(saved, fmt):
+    """A file without scale_factor (diffusers; an original SD1.5 file, where it is not a buffer)
+    keeps the recipe's value, one with it (an LDM file with scale_by_std) gives its own; nothing
+    is reported missing either way."""
+    model = MODELS.build({**tiny_model_cfg(), 'SCALE_FACTOR': 0.25})
+    source = saved[fmt]
+    if fmt == 'ldm':  # the same file without the buffer, as SD1.5's own files are
+        from safetensors.torch import save_file
+        state = load_state_dict(source)
+        in_file = float(state.pop('scale_factor'))
+        save_file(state, str(source.with_name('no_scale.safetensors')))
+        report = model.load_pretrained_model(str(source))
+        assert report.missing == 0 and float(model.scale_factor) == pytest.approx(in_file)
+        model = MODELS.build({**tiny_model_cfg(), 'SCALE_FACTOR': 0.25})
+        source = source.with_name('no_scale.safetensors')
+    report = model.load_pretrained_model(str(source))
+    assert report.missing == 0 and report.unexpected == 0, report.summary()
+    assert float(model.scale_factor) == 0.25

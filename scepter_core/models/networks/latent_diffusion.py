@@ -108,6 +108,8 @@ class LatentDiffusion(TrainModule):
             if id(value) in seen:
                 sd[key] = value.clone()
             seen.add(id(value))
+        # Original SD files and diffusers folders carry no scale_factor: the recipe's SCALE_FACTOR stands.
+        sd.setdefault('scale_factor', self.scale_factor.detach().clone())
         release_replaced(self, sd, self.cfg.IGNORE_KEYS)
         return load_into(self, sd, ignore_keys=self.cfg.IGNORE_KEYS, logger=self.logger, source=str(path),
                          assign=True)
