@@ -89,14 +89,19 @@ def run_child(script: str | Path, *args: str, timeout: float = 1800) -> dict:
 
 
 def count_cpu_attention_flops() -> None:
-    """Teach torch's FlopCounterMode the CPU flash-attention ops (it counts only the GPU
-    kernels): 4*B*H*N*M*D forward, 2.5x that backward, as for the GPU kernels."""
+    """Teach torch's FlopCounterMode the CPU ops it does not count: flash attention (it counts
+    only the GPU kernels; 4*B*H*N*M*D forward, 2.5x that backward, as for the GPU kernels) and
+    oneDNN's linear, which our fast Linear calls (2*M*K*N)."""
     import torch
     from torch.utils import flop_counter as fc
     fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
     if fwd in fc.flop_registry:
         return
+
+    @fc.register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+    def onednn_linear(x, weight, *args, out_shape=None, **kwargs) -> int:
+        return 2 * x.shape[0] * x.shape[1] * weight.shape[0]
 
     @fc.register_flop_formula(fwd)
     def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:

@@ -11,6 +11,7 @@ import torch
 from ..errors import ConfigError
 from ..registry import DIFFUSION_SAMPLERS
 from ..env import we
+from ..models.fast_layers import packed_weights
 from ..utils.progress import progress_bar
 from .guidance import constrain_x0
 from .timesteps import PREV_TIMESTEPS, discretize, strength_start, strided_targets
@@ -120,7 +121,8 @@ class SamplingMixin:
             options, ignored = _accepted(fn, {'generator': generator, 'callback': on_step, **kwargs})
             if ignored:
                 self.logger.warning(f'sample: solver {name!r} takes no option(s) {", ".join(ignored)}; ignored')
-            out = fn(denoise, x_init, sigmas, **options)
+            with packed_weights():  # weights are constant while the sampler runs
+                out = fn(denoise, x_init, sigmas, **options)
         return (out, intermediates) if return_intermediate is not None else out
 
 

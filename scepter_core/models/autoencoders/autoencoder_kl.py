@@ -13,6 +13,7 @@ from ...config import Config
 from ...registry import BACKBONES, MODELS
 from ..base import TrainModule
 from .distributions import DiagonalGaussian
+from ..fast_layers import Conv2d
 
 
 @MODELS.register_class()
@@ -45,8 +46,8 @@ class AutoencoderKL(TrainModule):
             self.encoder = BACKBONES.build(c.ENCODER, logger=self.logger)
             self.decoder = BACKBONES.build(c.DECODER, logger=self.logger)
             z = self.encoder.cfg.Z_CHANNELS
-            self.quant_conv = nn.Conv2d(2 * z, 2 * c.EMBED_DIM, 1)
-            self.post_quant_conv = nn.Conv2d(c.EMBED_DIM, self.decoder.cfg.Z_CHANNELS, 1)
+            self.quant_conv = Conv2d(2 * z, 2 * c.EMBED_DIM, 1)
+            self.post_quant_conv = Conv2d(c.EMBED_DIM, self.decoder.cfg.Z_CHANNELS, 1)
         self.downscale = 2 ** (len(self.decoder.cfg.CH_MULT) - 1)
         if c.PRETRAINED_MODEL:
             self.load_pretrained_model(c.PRETRAINED_MODEL)

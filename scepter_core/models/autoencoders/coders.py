@@ -12,6 +12,7 @@ from ...registry import BACKBONES
 from ..base import TrainModule
 from ..backbones.unet_blocks import silu
 from .vae_blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
+from ..fast_layers import Conv2d, inference_layout
 
 
 def _level(blocks: list[nn.Module], attns: list[nn.Module], resample: tuple[str, nn.Module] | None) -> nn.Module:
@@ -53,7 +54,9 @@ class _Coder(TrainModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.USE_CHECKPOINT and self.training and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+        layout = inference_layout(x)  # channels_last throughout while its weights are packed
+        out = self._forward(x.contiguous(memory_format=layout))
+        return out.contiguous() if layout is torch.channels_last else out
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -76,7 +79,7 @@ class Encoder(_Coder):
     def __init__(self, cfg: Config | dict | None = None, logger: logging.Logger | None = None):
         super().__init__(cfg, logger=logger)
         c = self.cfg
-        self.conv_in = nn.Conv2d(c.IN_CHANNELS, c.CH, 3, padding=1)
+        self.conv_in = Conv2d(c.IN_CHANNELS, c.CH, 3, padding=1)
         self.down = nn.ModuleList()
         res = 2 ** (len(c.CH_MULT) - 1)  # relative size, as in LDM configs (attention keyed on it)
         ch = c.CH
@@ -92,7 +95,7 @@ class Encoder(_Coder):
             res = res if last else res // 2
         self.mid = _middle(ch, c.DROPOUT)
         self.norm_out = group_norm(ch)
-        self.conv_out = nn.Conv2d(ch, 2 * c.Z_CHANNELS if c.DOUBLE_Z else c.Z_CHANNELS, 3, padding=1)
+        self.conv_out = Conv2d(ch, 2 * c.Z_CHANNELS if c.DOUBLE_Z else c.Z_CHANNELS, 3, padding=1)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -117,7 +120,7 @@ class Decoder(_Coder):
         super().__init__(cfg, logger=logger)
         c = self.cfg
         ch = c.CH * c.CH_MULT[-1]
-        self.conv_in = nn.Conv2d(c.Z_CHANNELS, ch, 3, padding=1)
+        self.conv_in = Conv2d(c.Z_CHANNELS, ch, 3, padding=1)
         self.mid = _middle(ch, c.DROPOUT)
         levels: list[nn.Module] = []
         res = 1
@@ -132,7 +135,7 @@ class Decoder(_Coder):
             res = res * 2 if i else res
         self.up = nn.ModuleList(levels)  # stored coarse-last, run coarse-first, as in LDM
         self.norm_out = group_norm(ch)
-        self.conv_out = nn.Conv2d(ch, c.OUT_CH, 3, padding=1)
+        self.conv_out = Conv2d(ch, c.OUT_CH, 3, padding=1)
 
     def _forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(z)

@@ -13,6 +13,7 @@ from torch import nn
 from ...config import Config
 from ...errors import ConfigError
 from ...registry import BACKBONES
+from ..fast_layers import Conv2d, Linear, inference_layout
 from ..base import TrainModule
 from .attention import SpatialTransformer
 from .unet_blocks import Downsample, EmbedSequential, ResBlock, TimestepEmbedding, Upsample
@@ -74,8 +75,8 @@ class DiffusionUNet(TrainModule):
         # With pretrained weights, build on meta: the checkpoint's tensors become the
         # parameters (no random init, no second copy); anything missing is initialised after.
         with torch.device('meta') if c.PRETRAINED_MODEL else contextlib.nullcontext():
-            self.time_embed = nn.Sequential(nn.Linear(c.MODEL_CHANNELS, emb_dim), nn.SiLU(),
-                                            nn.Linear(emb_dim, emb_dim))
+            self.time_embed = nn.Sequential(Linear(c.MODEL_CHANNELS, emb_dim), nn.SiLU(),
+                                            Linear(emb_dim, emb_dim))
             self._build_label_embedding(emb_dim)
             self._build_blocks(emb_dim)
         if c.PRETRAINED_MODEL:
@@ -98,8 +99,8 @@ class DiffusionUNet(TrainModule):
             self.label_emb = nn.Embedding(n, emb_dim)
         elif n == 'sequential':
             adm = self.cfg.ADM_IN_CHANNELS
-            self.label_emb = nn.Sequential(nn.Sequential(nn.Linear(adm, emb_dim), nn.SiLU(),
-                                                         nn.Linear(emb_dim, emb_dim)))
+            self.label_emb = nn.Sequential(nn.Sequential(Linear(adm, emb_dim), nn.SiLU(),
+                                                         Linear(emb_dim, emb_dim)))
         else:
             raise ConfigError(f"'{self.cfg.path or 'DiffusionUNet'}.NUM_CLASSES': expected an int or "
                               f"'sequential', got {n!r}")
@@ -122,7 +123,7 @@ class DiffusionUNet(TrainModule):
     def _build_blocks(self, emb_dim: int) -> None:
         c = self.cfg
         mc = c.MODEL_CHANNELS
-        self.input_blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(c.IN_CHANNELS, mc, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([nn.Sequential(Conv2d(c.IN_CHANNELS, mc, 3, padding=1))])
         skip_chans, ch, ds = [mc], mc, 1
         for level, mult in enumerate(c.CHANNEL_MULT):
             for _ in range(self.num_res_blocks[level]):
@@ -153,7 +154,7 @@ class DiffusionUNet(TrainModule):
                                   else Upsample(ch, c.CONV_RESAMPLE))
                     ds //= 2
                 self.output_blocks.append(EmbedSequential(*layers))
-        self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(mc, c.OUT_CHANNELS, 3, padding=1))
+        self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), Conv2d(mc, c.OUT_CHANNELS, 3, padding=1))
         nn.init.zeros_(self.out[2].weight)
         nn.init.zeros_(self.out[2].bias)
 
@@ -178,7 +179,8 @@ class DiffusionUNet(TrainModule):
             if not hasattr(self, 'label_emb'):
                 raise ConfigError("DiffusionUNet got cond['y'] but NUM_CLASSES is not set")
             emb = emb + self.label_emb(y)
-        h = self.input_blocks[0](x)
+        layout = inference_layout(x)  # channels_last throughout while its weights are packed
+        h = self.input_blocks[0](x.contiguous(memory_format=layout))
         skips = [h]
         for block in itertools.islice(self.input_blocks, 1, None):
             h = block(h, emb, context)
@@ -187,4 +189,5 @@ class DiffusionUNet(TrainModule):
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
-        return self.out(h)
+        out = self.out(h)
+        return out.contiguous() if layout is torch.channels_last else out

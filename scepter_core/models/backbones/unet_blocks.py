@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..fast_layers import Conv2d, Linear
+
 
 def maybe_checkpoint(module: nn.Module, fn: Callable, *args: torch.Tensor | None) -> torch.Tensor:
     """Run `fn(*args)` under activation checkpointing when the module asks for it and a
@@ -61,7 +63,7 @@ class Downsample(nn.Module):
     def __init__(self, channels: int, use_conv: bool, out_channels: int | None = None):
         super().__init__()
         out_channels = out_channels or channels
-        self.op = nn.Conv2d(channels, out_channels, 3, stride=2, padding=1) if use_conv \
+        self.op = Conv2d(channels, out_channels, 3, stride=2, padding=1) if use_conv \
             else nn.AvgPool2d(kernel_size=2, stride=2)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None,
@@ -78,7 +80,7 @@ class Upsample(nn.Module):
         out_channels = out_channels or channels
         self.use_conv = use_conv
         if use_conv:
-            self.conv = nn.Conv2d(channels, out_channels, 3, padding=1)
+            self.conv = Conv2d(channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 size: torch.Size | None = None) -> torch.Tensor:
@@ -101,20 +103,20 @@ class ResBlock(nn.Module):
         self.use_scale_shift_norm = use_scale_shift_norm
         self.use_checkpoint = use_checkpoint
         self.in_layers = nn.Sequential(nn.GroupNorm(32, channels), nn.SiLU(),
-                                       nn.Conv2d(channels, out_channels, 3, padding=1))
+                                       Conv2d(channels, out_channels, 3, padding=1))
         self.updown = up or down
         if up:
             self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
         elif down:
             self.h_upd, self.x_upd = Downsample(channels, False), Downsample(channels, False)
         self.emb_layers = nn.Sequential(
-            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
+            nn.SiLU(), Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
         self.out_layers = nn.Sequential(nn.GroupNorm(32, out_channels), nn.SiLU(), nn.Dropout(p=dropout),
-                                        nn.Conv2d(out_channels, out_channels, 3, padding=1))
+                                        Conv2d(out_channels, out_channels, 3, padding=1))
         nn.init.zeros_(self.out_layers[3].weight)  # the block starts as the identity
         nn.init.zeros_(self.out_layers[3].bias)
         self.skip_connection = nn.Identity() if out_channels == channels \
-            else nn.Conv2d(channels, out_channels, 1)
+            else Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
                 size: torch.Size | None = None) -> torch.Tensor:

@@ -15,6 +15,7 @@ from ...config import Config
 from ...env import we
 from ...registry import BACKBONES, DIFFUSIONS, EMBEDDERS, LOSSES, MODELS, TOKENIZERS
 from ..base import TrainModule
+from ..fast_layers import packed_weights
 
 
 @MODELS.register_class()
@@ -170,6 +171,7 @@ class LatentDiffusion(TrainModule):
 
     # ---- sampling ----------------------------------------------------------------------
     @torch.no_grad()
+    @packed_weights()
     def forward_test(self, prompt: list[str] | None = None, n_prompt: list[str] | None = None,
                      sampler: str = 'ddim', sample_steps: int = 50, seed: int = 2023,
                      guide_scale: float = 7.5, guide_rescale: float = 0.5, discretization: str = 'trailing',

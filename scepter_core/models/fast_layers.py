@@ -1,0 +1,254 @@
+"""Faster fp32 CPU layers with nn.Linear / nn.Conv2d's parameters and state-dict keys.
+
+Linear: oneDNN's matmul on CPUs where it beats the BLAS torch links.
+
+torch runs an fp32 `F.linear` on the CPU through MKL's sgemm. On AMD CPUs MKL takes a slow
+code path: on this project's AVX512 EPYC it reaches ~100 GFLOP/s per core where oneDNN's own
+JIT kernels (the ones torch already uses for convolutions) reach ~250 on the same shapes, with
+fp32 accuracy (bench/README.md). `Linear` routes fp32 CPU calls through
+`torch.ops.mkldnn._linear_pointwise` (forward, and both matmuls of the backward) when a probe
+at first use shows oneDNN clearly faster here; everywhere else (CUDA, autocast, half
+precision, torch.compile, a torch without the op) it is `nn.Linear`. Parameters and state-dict
+keys are those of `nn.Linear`. SCEPTER_CPU_GEMM=onednn|aten forces the choice; `auto` (the
+default) probes.
+
+Conv2d: inside `packed_weights()` (sampling wraps itself in it), with no gradient wanted, on
+fp32 CPU tensors, the weight is reordered once into oneDNN's blocked layout and reused, as
+inductor's weight freezing does; eager torch reorders it at every call, which dominates wide
+convolutions on small feature maps (1280 channels at 8x8: ~90 GFLOP/s eager, ~400 packed).
+The scope is what keeps this safe: weights do not change while a sampler runs, whereas during
+training they change in ways no counter sees (fused AdamW and `.data` writes leave
+`_version` as it was). The packed copies cost memory, so only weights up to
+SCEPTER_CPU_PACK_LIMIT_MB each (default 4; 0 turns packing off) are packed, and all are
+dropped when the outermost scope ends."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import time
+import weakref
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ENV = 'SCEPTER_CPU_GEMM'
+CHOICES = ('auto', 'onednn', 'aten')
+# oneDNN must win by this much in the probe: a near tie keeps torch's default (bit-identical
+# results with other libraries), and a noisy probe cannot flip the choice between runs.
+MIN_SPEEDUP = 1.25
+# Below this many multiply-adds oneDNN's fixed cost per call (~10 us; with autograd, the
+# Python backward's too) outweighs its faster kernel: small products stay with torch's default.
+MIN_MACS = 1 << 20
+MIN_MACS_GRAD = 1 << 23
+PACK_ENV, PACK_LIMIT_MB = 'SCEPTER_CPU_PACK_LIMIT_MB', 4.0
+
+
+def _op():
+    return torch.ops.mkldnn._linear_pointwise
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _op()(x, weight, bias, 'none', [], '')
+
+
+def _best_time(fn, reps: int = 5) -> float:
+    fn()
+    best = float('inf')
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(threads: int) -> bool:
+    """True when oneDNN computes a linear correctly and at least MIN_SPEEDUP times faster."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        x, w = torch.randn(512, 512, generator=g), torch.randn(256, 512, generator=g)
+        with torch.no_grad():
+            if not torch.allclose(_onednn(x, w, None), x @ w.t(), rtol=1e-4, atol=1e-3):
+                return False
+            return _best_time(lambda: F.linear(x, w)) >= MIN_SPEEDUP * _best_time(lambda: _onednn(x, w, None))
+    except (RuntimeError, AttributeError):  # no such op in this torch build
+        return False
+
+
+def backend() -> str:
+    """'onednn' or 'aten': how fp32 CPU linears run in this process (at the current thread count)."""
+    choice = os.environ.get(ENV, 'auto').strip().lower() or 'auto'
+    if choice not in CHOICES:
+        raise ValueError(f'{ENV}={choice!r}: expected one of {", ".join(CHOICES)}')
+    if choice == 'auto':
+        return 'onednn' if _probe(torch.get_num_threads()) else 'aten'
+    return choice
+
+
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled('cpu')
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def _plain_fp32_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not _autocast_on() and not torch.compiler.is_compiling())
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor, min_macs: int) -> bool:
+    return (_plain_fp32_cpu(x, weight) and x.numel() * weight.shape[0] >= min_macs
+            and backend() == 'onednn')
+
+
+def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """grad^T @ x, a sum over the rows. oneDNN reads a transposed operand fastest as its
+    weight, so the wider of the two goes there; on a square product MKL's strided gemm wins."""
+    n, k = grad.shape[1], x.shape[1]
+    if n > k:
+        return _onednn(x.t(), grad.t(), None).t()
+    if k > n:
+        return _onednn(grad.t(), x.t(), None)
+    return torch.mm(grad.t(), x)
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """y = x W^T + b on a 2-D x; the backward's two matmuls run through the same op."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x = _onednn(grad, weight.t(), None) if need_x else None  # grad @ W
+        grad_w = _weight_grad(grad, x) if need_w else None
+        grad_b = grad.sum(0) if need_b and ctx.has_bias else None
+        return grad_x, grad_w, grad_b
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`, through oneDNN for fp32 CPU tensors where that is faster (see the module doc)."""
+    grad = _needs_grad(x, weight, bias)
+    if not _use_onednn(x, weight, MIN_MACS_GRAD if grad else MIN_MACS):
+        return F.linear(x, weight, bias)
+    lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1]).contiguous()
+    # Without a graph to record, the autograd.Function's own cost is skipped.
+    out = _OneDNNLinear.apply(x2, weight, bias) if grad else _onednn(x2, weight, bias)
+    return out.view(*lead, weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` whose fp32 CPU calls take the faster matmul (same parameters and keys)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+# ---- Conv2d: packed weights in inference ------------------------------------------------------
+
+# module -> (key, weight ref, packed weight); outside the module so copies and pickles never
+# carry it. Filled only inside packed_weights().
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SCOPES = [0]
+
+
+@contextlib.contextmanager
+def packed_weights() -> Iterator[None]:
+    """Within this scope convolution weights count as constant and may be packed (module doc);
+    usable as a decorator. Nested scopes share the packs; the outermost one drops them."""
+    _SCOPES[0] += 1
+    try:
+        yield
+    finally:
+        _SCOPES[0] -= 1
+        if not _SCOPES[0]:
+            _PACKED.clear()
+
+
+def pack_limit_bytes() -> float:
+    raw = os.environ.get(PACK_ENV, '').strip()
+    try:
+        return float(raw or PACK_LIMIT_MB) * 2 ** 20
+    except ValueError:
+        raise ValueError(f'{PACK_ENV}={raw!r}: expected a number of MB (0 turns packing off)') from None
+
+
+@functools.lru_cache(maxsize=None)
+def _can_pack() -> bool:
+    """oneDNN's packed convolution exists in this torch and gives the eager numbers."""
+    try:
+        conv = nn.Conv2d(8, 8, 3, padding=1)
+        x = torch.randn(2, 8, 6, 6)
+        with torch.no_grad():
+            packed = torch.ops.mkldnn._reorder_convolution_weight(conv.weight, [1, 1], [1, 1], [1, 1], 1, list(x.shape))
+            out = torch.ops.mkldnn._convolution_pointwise(x, packed, conv.bias, [1, 1], [1, 1], [1, 1], 1, 'none', [], '')
+            return torch.allclose(out, conv(x), atol=1e-5)
+    except (RuntimeError, AttributeError):
+        return False
+
+
+def inference_layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format a network should run `x` in: channels_last where its convolutions
+    will use packed weights (oneDNN answers in it, so no layout changes between layers)."""
+    packs = (_SCOPES[0] > 0 and not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
+             and not _autocast_on() and pack_limit_bytes() > 0 and _can_pack())
+    return torch.channels_last if packs else torch.contiguous_format
+
+
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` that reuses a packed copy of its weight in fp32 CPU inference (module doc)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self._packed_weight(x)
+        if packed is None:
+            return super().forward(x)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        out = torch.ops.mkldnn._convolution_pointwise(
+            x if channels_last else x.contiguous(), packed, self.bias, list(self.padding), list(self.stride),
+            list(self.dilation), self.groups, 'none', [], '')
+        # oneDNN answers in channels_last; callers of an NCHW conv get NCHW, as from nn.Conv2d.
+        return out if channels_last else out.contiguous()
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
+        w = self.weight
+        if (not _SCOPES[0] or self.padding_mode != 'zeros' or isinstance(self.padding, str) or x.dim() != 4
+                or _needs_grad(x, w, self.bias) or not _plain_fp32_cpu(x, w)
+                or w.numel() * 4 > pack_limit_bytes() or not _can_pack()):
+            _PACKED.pop(self, None)
+            return None
+        # Repacked when the weight is replaced or written in place (as far as its version
+        # counter tells), or the input shape / layout changes (the format is chosen for it).
+        key = (w.data_ptr(), w._version, tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last))
+        cached = _PACKED.get(self)
+        if cached is None or cached[0] != key or cached[1]() is not w:
+            with torch.no_grad():
+                packed = torch.ops.mkldnn._reorder_convolution_weight(
+                    w, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape))
+            cached = _PACKED[self] = (key, weakref.ref(w), packed)
+        return cached[2]
+
+
+def use_fast_linear(module: nn.Module) -> nn.Module:
+    """Make every plain `nn.Linear` in `module` (e.g. inside a transformers model) a `Linear`,
+    in place: only the forward changes, so weights, hooks and state-dict keys stay as they are."""
+    for m in module.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = Linear
+    return module

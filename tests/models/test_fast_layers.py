@@ -1,0 +1,209 @@
+"""The oneDNN fast layers: same numbers and gradients as nn.Linear / nn.Conv2d, used only where they should be."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from scepter_core.models import fast_layers as fast_linear
+from scepter_core.models.fast_layers import _PACKED, Conv2d, Linear, linear, packed_weights, use_fast_linear
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='torch built without oneDNN')
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """Force the oneDNN path for every size and count its calls."""
+    monkeypatch.setenv(fast_linear.ENV, 'onednn')
+    monkeypatch.setattr(fast_linear, 'MIN_MACS', 0)
+    monkeypatch.setattr(fast_linear, 'MIN_MACS_GRAD', 0)
+    calls = []
+    real = fast_linear._onednn
+
+    def spy(x, w, b):
+        calls.append((tuple(x.shape), tuple(w.shape)))
+        return real(x, w, b)
+    monkeypatch.setattr(fast_linear, '_onednn', spy)
+    return calls
+
+
+@pytest.mark.parametrize('shape,bias,out', [((4, 7, 24), True, 40), ((33, 24), False, 40),
+                                            ((2, 3, 5, 24), True, 8), ((6, 24), True, 24)])
+def test_forward_and_gradients_match_float64(forced, shape, bias, out):
+    torch.manual_seed(0)
+    layer = Linear(shape[-1], out, bias=bias)
+    x = torch.randn(*shape, requires_grad=True)
+    y = layer(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    # forward, grad of x, grad of W (a square weight's gradient goes to MKL's strided gemm)
+    assert len(forced) == (2 if out == shape[-1] else 3)
+    ref = layer.double()
+    x64 = x.detach().double().requires_grad_()
+    y64 = ref(x64)
+    y64.backward(g.double())
+    assert (y.double() - y64).abs().max() < 1e-5
+    assert (x.grad.double() - x64.grad).abs().max() < 1e-5
+    assert (layer.weight.grad - ref.weight.grad).abs().max() < 1e-4 * max(1.0, ref.weight.grad.abs().max())
+    if bias:
+        assert (layer.bias.grad - ref.bias.grad).abs().max() < 1e-4
+
+
+def test_frozen_weight_and_noncontiguous_input(forced):
+    torch.manual_seed(1)
+    layer = Linear(16, 32).requires_grad_(False)
+    base = torch.randn(16, 10, requires_grad=True)
+    x = base.t()  # a transposed view
+    y = layer(x)
+    y.sum().backward()
+    assert layer.weight.grad is None
+    want = torch.ones(10, 32) @ layer.weight
+    assert torch.allclose(base.grad, want.t(), atol=1e-5)
+    assert torch.allclose(y, nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5)
+
+
+def test_inference_skips_autograd_and_small_products_stay_with_aten(monkeypatch):
+    monkeypatch.setenv(fast_linear.ENV, 'onednn')
+    calls = []
+    monkeypatch.setattr(fast_linear, '_onednn', lambda x, w, b: calls.append(1) or nn.functional.linear(x, w, b))
+    big, small = Linear(256, 256), Linear(8, 8)
+    with torch.inference_mode():
+        out = big(torch.randn(64, 256))
+        small(torch.randn(4, 8))
+    assert len(calls) == 1 and out.grad_fn is None  # 64*256*256 MACs pass MIN_MACS; 4*8*8 does not
+
+
+def test_aten_choice_autocast_and_half_precision_fall_back(forced, monkeypatch):
+    layer = Linear(32, 32)
+    x = torch.randn(8, 32)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16
+    layer.to(torch.bfloat16)(x.bfloat16())
+    assert forced == []
+    monkeypatch.setenv(fast_linear.ENV, 'aten')
+    Linear(32, 32)(x)
+    assert forced == []
+
+
+def test_bad_choice_names_the_variable(monkeypatch):
+    monkeypatch.setenv(fast_linear.ENV, 'mkl')
+    with pytest.raises(ValueError, match='SCEPTER_CPU_GEMM'):
+        linear(torch.randn(4096, 64), torch.randn(64, 64))
+
+
+def test_use_fast_linear_keeps_keys_and_numbers(forced):
+    from transformers import CLIPTextConfig, CLIPTextModel
+    cfg = CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = CLIPTextModel(cfg).eval()
+    ids = torch.randint(0, 100, (2, 16))
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        before = model(input_ids=ids).last_hidden_state
+        use_fast_linear(model)
+        after = model(input_ids=ids).last_hidden_state
+    assert list(model.state_dict()) == keys
+    assert all(type(m) is not nn.Linear for m in model.modules())
+    assert forced and torch.allclose(before, after, atol=1e-5)
+
+
+def test_probe_decides_by_speed(monkeypatch):
+    monkeypatch.setenv(fast_linear.ENV, 'auto')
+    fast_linear._probe.cache_clear()
+    times = iter([1.0, 0.5])  # aten 1.0 s, oneDNN 0.5 s: 2x faster
+    monkeypatch.setattr(fast_linear, '_best_time', lambda fn, reps=5: next(times))
+    assert fast_linear.backend() == 'onednn'
+    fast_linear._probe.cache_clear()
+    times = iter([1.0, 0.9])  # within MIN_SPEEDUP: keep torch's default
+    assert fast_linear.backend() == 'aten'
+    fast_linear._probe.cache_clear()
+
+
+# ---- Conv2d ------------------------------------------------------------------------------------
+
+def _twin(conv: Conv2d) -> nn.Conv2d:
+    ref = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    bias=conv.bias is not None, groups=conv.groups)
+    ref.load_state_dict(conv.state_dict())
+    return ref
+
+
+@pytest.mark.parametrize('kw,channels_last', [({'kernel_size': 3, 'padding': 1}, False),
+                                              ({'kernel_size': 3, 'padding': 1}, True),
+                                              ({'kernel_size': 3, 'stride': 2, 'padding': 0}, False),
+                                              ({'kernel_size': 1, 'bias': False}, False)])
+def test_packed_conv_matches_eager(kw, channels_last):
+    torch.manual_seed(0)
+    conv = Conv2d(16, 24, **kw)
+    ref = _twin(conv)
+    x = torch.randn(2, 16, 9, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), packed_weights():
+        out = conv(x)
+        assert conv in _PACKED  # the packed path ran
+        assert (out - ref(x)).abs().max() < 1e-5
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_packed_weight_follows_weight_changes():
+    torch.manual_seed(1)
+    conv = Conv2d(8, 8, 3, padding=1)
+    x = torch.randn(1, 8, 5, 5)
+    with torch.no_grad(), packed_weights():
+        first = conv(x)
+        conv.weight.mul_(2)  # in place, as an optimizer step
+        assert torch.allclose(conv(x) - conv.bias[:, None, None], 2 * (first - conv.bias[:, None, None]), atol=1e-5)
+        conv.load_state_dict(_twin(Conv2d(8, 8, 3, padding=1)).state_dict())
+        assert (conv(x) - _twin(conv)(x)).abs().max() < 1e-5
+        conv.weight = nn.Parameter(torch.zeros_like(conv.weight))  # replaced outright
+        assert torch.allclose(conv(x), conv.bias[:, None, None].expand(1, 8, 5, 5))
+        assert (conv(torch.randn(3, 8, 7, 7)) - conv.bias[:, None, None]).abs().max() < 1e-6  # a new shape
+
+
+def test_training_and_limits_skip_packing(monkeypatch):
+    conv = Conv2d(8, 8, 3, padding=1)
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    conv(x).sum().backward()  # gradients wanted: eager convolution
+    assert conv not in _PACKED and conv.weight.grad is not None and x.grad is not None
+    with torch.no_grad():
+        conv(x)  # outside packed_weights(): eager
+    assert conv not in _PACKED
+    monkeypatch.setenv(fast_linear.PACK_ENV, '0')
+    with torch.no_grad(), packed_weights():
+        conv(x)
+        assert conv not in _PACKED
+    monkeypatch.setenv(fast_linear.PACK_ENV, 'lots')
+    with pytest.raises(ValueError, match='SCEPTER_CPU_PACK_LIMIT_MB'), torch.no_grad(), packed_weights():
+        conv(x)
+
+
+def test_copies_do_not_share_the_packed_weight():
+    conv = Conv2d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 5, 5)
+    with torch.no_grad(), packed_weights():
+        conv(x)
+        twin = copy.deepcopy(conv)
+        twin.weight.zero_()
+        assert not torch.allclose(conv(x), twin(x))
+        assert torch.allclose(twin(x), twin.bias[:, None, None].expand(1, 4, 5, 5))
+
+
+def test_scope_ends_drop_packs_so_training_updates_are_seen():
+    """Fused AdamW writes weights without bumping their version: only the scope keeps packs fresh."""
+    torch.manual_seed(2)
+    conv = Conv2d(8, 8, 3, padding=1)
+    opt = torch.optim.AdamW(conv.parameters(), lr=0.1, fused=True)
+    x = torch.randn(2, 8, 6, 6)
+    for _ in range(2):
+        with torch.no_grad(), packed_weights():
+            with packed_weights():  # nested: the packs live until the outer scope ends
+                conv(x)
+            assert conv in _PACKED
+            assert (conv(x) - _twin(conv)(x)).abs().max() < 1e-5
+        assert conv not in _PACKED
+        conv(x).square().mean().backward()
+        opt.step()
