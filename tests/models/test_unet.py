@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny_sd import TINY_UNET, assert_same_layout, build, cfg
 
 from scepter_core.checkpoint import save_state_dict
@@ -131,3 +132,23 @@ def test_config_errors_name_the_key():
         BACKBONES.build(cfg(TINY_UNET, NUM_RES_BLOCKS=[1, 1, 1]))
     with pytest.raises(ConfigError, match='NUM_CLASSES'):
         BACKBONES.build(cfg(TINY_UNET, NUM_CLASSES='continuous'))
+
+
+@pytest.mark.parametrize('lengths', [(16, 16), (64, 77), (200, 200)])
+def test_cpu_attention_matches_sdpa(lengths):
+    """Short sequences take the two-matmul path on the CPU, long ones the flash kernel: same numbers."""
+    from scepter_core.models.backbones.attention import CPU_MATH_PAIRS, attention
+    torch.manual_seed(0)
+    lq, lk = lengths
+    q, k, v = (torch.randn(2, 3, n, 16, requires_grad=True) for n in (lq, lk, lk))
+    out = attention(q, k, v)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    assert (lq * lk <= CPU_MATH_PAIRS) == (lengths != (200, 200))
+    assert (out.double() - ref).abs().max() < 1e-5
+    for g, r in zip(grads, ref_grads):
+        assert (g - r).abs().max() < 1e-4
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        half = attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert half.dtype == torch.bfloat16 and (half.double() - ref).abs().max() < 0.05

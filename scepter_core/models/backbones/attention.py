@@ -11,15 +11,29 @@ from .unet_blocks import maybe_checkpoint
 
 
 HALF = (torch.bfloat16, torch.float16)
+# On the CPU, attention over at most this many query x key pairs runs as two matmuls and a
+# softmax: torch's flash kernel costs 1.5-3x more there (its fixed cost per block dominates
+# short sequences; bench/README.md); from 256 x 256 tokens on it is as fast and holds less.
+CPU_MATH_PAIRS = 128 * 128
+
+
+def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    scores = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+    return scores.softmax(dim=-1) @ v
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """SDPA. On the CPU, half-precision inputs run in fp32: torch's CPU flash-attention backward
-    in bf16 is several times slower than in fp32 (bench/README.md), and fp32 is the more exact."""
-    if q.device.type == 'cpu' and (q.dtype in HALF or torch.is_autocast_enabled('cpu')):
-        with torch.autocast('cpu', enabled=False):  # autocast would cast back to half precision
-            return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v)
+    """SDPA. On the CPU, half-precision inputs run in fp32 (torch's CPU flash-attention backward
+    in bf16 is several times slower than in fp32, and fp32 is the more exact), and short
+    sequences skip the flash kernel (CPU_MATH_PAIRS)."""
+    if q.device.type != 'cpu':
+        return F.scaled_dot_product_attention(q, k, v)
+    dtype = q.dtype
+    with torch.autocast('cpu', enabled=False):  # autocast would cast back to half precision
+        q, k, v = q.float(), k.float(), v.float()
+        short = q.shape[-2] * k.shape[-2] <= CPU_MATH_PAIRS
+        out = _math_attention(q, k, v) if short else F.scaled_dot_product_attention(q, k, v)
+    return out.to(dtype)
 
 
 class CrossAttention(nn.Module):
