@@ -8,6 +8,7 @@ disturbs least). Ratios are `theirs / ours`: above 1 means we are faster."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -101,7 +102,12 @@ def count_cpu_attention_flops() -> None:
 
     @fc.register_flop_formula(torch.ops.mkldnn._linear_pointwise)
     def onednn_linear(x, weight, *args, out_shape=None, **kwargs) -> int:
-        return 2 * x.shape[0] * x.shape[1] * weight.shape[0]
+        (m, k), n = x, weight[0]  # the counter passes shapes
+        return 2 * m * k * n
+
+    @fc.register_flop_formula(torch.ops.mkldnn._convolution_pointwise)
+    def onednn_conv(x, weight, *args, out_shape=None, **kwargs) -> int:
+        return 2 * math.prod(out_shape) * math.prod(weight[1:])  # weight: [O, I / groups, kh, kw]
 
     @fc.register_flop_formula(fwd)
     def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:

@@ -2,7 +2,7 @@
 diffusers' UNet2DConditionModel, against this machine's measured fp32 matmul rate.
 
     python bench/unet_speed.py [--size 64] [--batch 1] [--steps 3] [--rounds 1] [--threads N]
-                               [--modes fwd fwdbwd] [--tiny] [--channels-last] [--bf16]
+                               [--modes fwd fwdbwd] [--tiny] [--channels-last] [--bf16] [--packed]
 
 Every measurement runs in a fresh process (one side, one mode), so peak RSS (VmHWM) is that
 work's alone; the processes alternate ours / diffusers, `--rounds` times. Each builds its
@@ -10,11 +10,15 @@ model with random weights (same config through our converter; speed does not dep
 values), counts the FLOPs of one step with torch's FlopCounterMode during warm-up, then
 times `--steps` steps. `fwd` is an inference-mode forward; `fwdbwd` a training-mode forward
 and backward of the mean output. The matmul rate (the practical ceiling) is measured in
-its own process with the same thread count. Writes bench/results/unet_speed.json."""
+its own process with the same thread count. `--packed` runs our forward as sampling does,
+inside `packed_weights()` (conv weights up to SCEPTER_CPU_PACK_LIMIT_MB packed once; set the
+variable to compare limits). Writes bench/results/unet_speed.json."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -82,7 +86,9 @@ def child(side: str, mode: str, args: argparse.Namespace) -> dict:
 
     model.train(mode == 'fwdbwd').requires_grad_(mode == 'fwdbwd')
     grad = torch.enable_grad() if mode == 'fwdbwd' else torch.inference_mode()
-    with grad:
+    from scepter_core.models.fast_layers import packed_weights
+    scope = packed_weights() if args.packed and side == 'ours' and mode == 'fwd' else contextlib.nullcontext()
+    with grad, scope:
         counter = FlopCounterMode(display=False)
         with counter:
             step()
@@ -108,6 +114,7 @@ def main() -> None:
     ap.add_argument('--tiny', action='store_true', help='a small config instead of SD1.5')
     ap.add_argument('--channels-last', action='store_true')
     ap.add_argument('--bf16', action='store_true', help='bf16 autocast')
+    ap.add_argument('--packed', action='store_true', help='our forward inside packed_weights(), as in sampling')
     ap.add_argument('--child', nargs=2, metavar=('SIDE', 'MODE'), help=argparse.SUPPRESS)
     ap.add_argument('--rate', action='store_true', help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -141,7 +148,9 @@ def main() -> None:
     title = (f"{what} UNet, {args.size}x{args.size} latents, batch {args.batch}, {'bf16' if args.bf16 else 'fp32'}, "
              f"{args.threads} threads; fp32 matmul {rate['gflops_best']:.0f} GFLOP/s "
              f"(BLAS {rate['blas']['gflops_best']:.0f}, oneDNN {rate.get('onednn', {}).get('gflops_best', 0):.0f})")
-    report(results_name('unet_speed', args.threads), title, ['run', 'wall s', 'CPU s', 'GFLOP', 'GFLOP/s', 'of BLAS rate', 'of oneDNN rate', 'peak RSS GB'],
+    limit = os.environ.get('SCEPTER_CPU_PACK_LIMIT_MB', 'default')
+    name = results_name('unet_speed', args.threads) + (f'_packed_{limit}mb' if args.packed else '')
+    report(name, title, ['run', 'wall s', 'CPU s', 'GFLOP', 'GFLOP/s', 'of BLAS rate', 'of oneDNN rate', 'peak RSS GB'],
            rows, {'matmul_rate': rate, 'raw': raw, 'args': {k: v for k, v in vars(args).items() if k != 'child'}})
 
 
