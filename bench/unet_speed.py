@@ -119,7 +119,6 @@ def main() -> None:
     ap.add_argument('--rate', action='store_true', help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not args.threads:
-        import os
         args.threads = len(os.sched_getaffinity(0))
     if args.rate or args.child:
         import torch
