@@ -109,9 +109,8 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _use_onednn(x: torch.Tensor, weight: torch.Tensor, min_macs: int) -> bool:
-    return (_plain_fp32_cpu(x, weight) and x.numel() * weight.shape[0] >= min_macs
-            and backend() == 'onednn')
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return _plain_fp32_cpu(x, weight) and backend() == 'onednn'
 
 
 def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -148,8 +147,11 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear`, through oneDNN for fp32 CPU tensors where that is faster (see the module doc)."""
+    macs = x.numel() * weight.shape[0]
+    if macs < MIN_MACS or not macs:  # the common small case first: no further checks
+        return F.linear(x, weight, bias)
     grad = _needs_grad(x, weight, bias)
-    if not _use_onednn(x, weight, MIN_MACS_GRAD if grad else MIN_MACS):
+    if macs < (MIN_MACS_GRAD if grad else MIN_MACS) or not _use_onednn(x, weight):
         return F.linear(x, weight, bias)
     lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1]).contiguous()
     # Without a graph to record, the autograd.Function's own cost is skipped.
