@@ -46,12 +46,8 @@ MIN_MACS_GRAD = 1 << 23
 PACK_ENV, PACK_LIMIT_MB = 'SCEPTER_CPU_PACK_LIMIT_MB', 4.0
 
 
-def _op():
-    return torch.ops.mkldnn._linear_pointwise
-
-
 def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return _op()(x, weight, bias, 'none', [], '')
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
 
 
 def _best_time(fn, reps: int = 5) -> float:
@@ -109,10 +105,6 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return _plain_fp32_cpu(x, weight) and backend() == 'onednn'
-
-
 def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """grad^T @ x, a sum over the rows. oneDNN reads a transposed operand fastest as its
     weight, so the wider of the two goes there; on a square product MKL's strided gemm wins."""
@@ -151,7 +143,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if macs < MIN_MACS or not macs:  # the common small case first: no further checks
         return F.linear(x, weight, bias)
     grad = _needs_grad(x, weight, bias)
-    if macs < (MIN_MACS_GRAD if grad else MIN_MACS) or not _use_onednn(x, weight):
+    if (macs < (MIN_MACS_GRAD if grad else MIN_MACS) or not _plain_fp32_cpu(x, weight)
+            or backend() != 'onednn'):
         return F.linear(x, weight, bias)
     lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1]).contiguous()
     # Without a graph to record, the autograd.Function's own cost is skipped.
@@ -227,10 +220,12 @@ class Conv2d(nn.Conv2d):
             return super().forward(x)
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         out = torch.ops.mkldnn._convolution_pointwise(
-            x if channels_last else x.contiguous(), packed, self.bias, list(self.padding), list(self.stride),
-            list(self.dilation), self.groups, 'none', [], '')
+            x if channels_last else x.contiguous(), packed, self.bias, *self._geometry(), 'none', [], '')
         # oneDNN answers in channels_last; callers of an NCHW conv get NCHW, as from nn.Conv2d.
         return out if channels_last else out.contiguous()
+
+    def _geometry(self) -> tuple[list[int], list[int], list[int], int]:
+        return list(self.padding), list(self.stride), list(self.dilation), self.groups
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
         w = self.weight
@@ -246,7 +241,7 @@ class Conv2d(nn.Conv2d):
         if cached is None or cached[0] != key or cached[1]() is not w:
             with torch.no_grad():
                 packed = torch.ops.mkldnn._reorder_convolution_weight(
-                    w, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape))
+                    w, *self._geometry(), list(x.shape))
             cached = _PACKED[self] = (key, weakref.ref(w), packed)
         return cached[2]
 
