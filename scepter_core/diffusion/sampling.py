@@ -13,6 +13,7 @@ from ..registry import DIFFUSION_SAMPLERS
 from ..env import we
 from ..models.fast_layers import packed_weights
 from ..utils.progress import progress_bar
+from .cuda_graph import maybe_graphed
 from .guidance import constrain_x0
 from .timesteps import PREV_TIMESTEPS, discretize, strength_start, strided_targets
 
@@ -78,7 +79,7 @@ class SamplingMixin:
                t_max: float | None = None, t_min: float | None = None,
                discard_penultimate_step: bool | None = None, return_intermediate: str | None = None,
                intermediate_callback: Callable | None = None, x: torch.Tensor | None = None,
-               denoising_strength: float = 1.0, prev_timestep: str = 'next',
+               denoising_strength: float = 1.0, prev_timestep: str = 'next', cuda_graph: bool = False,
                **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, list]:
         """Run `solver` from `noise` (N(0, I), shaped like a sample) and return x0.
 
@@ -90,6 +91,7 @@ class SamplingMixin:
         prev_timestep 'strided' (samplers with a `sigmas_to` argument: ddim, ddpm) steps each
         t to t - T // N as diffusers' DDIMScheduler does, then reads the sample at the next
         visited timestep; 'next' (default) steps to the next visited timestep.
+        cuda_graph: on CUDA, replay the model from a captured graph (see cuda_graph.py).
         Other kwargs go to the sampler (eta, s_noise, order, ...)."""
         if return_intermediate not in (None, 'x0', 'xt'):
             raise ConfigError(f"return_intermediate: '{return_intermediate}' is not one of None, 'x0', 'xt'")
@@ -110,6 +112,8 @@ class SamplingMixin:
                                   f'(ddim and ddpm take strided steps)')
             kwargs['sigmas_to'] = self.strided_sigmas(ts)[start:]
         x_init, generator = _initial_state(noise, x, start > 0, float(sigmas[0]), seed)
+        if cuda_graph and condition_fn is None:
+            model = maybe_graphed(model, True, x_init.device, self.logger)
         denoise = constrain_x0(self.denoiser(model, model_kwargs, guide_scale, guide_rescale),
                                clamp, percentile, condition_fn)
         intermediates: list[torch.Tensor] = []

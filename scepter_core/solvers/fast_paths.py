@@ -148,6 +148,16 @@ def cast_frozen_modules(model: nn.Module, dtype: torch.dtype, logger: logging.Lo
     return names
 
 
+def cast_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Floating-point parameters to `dtype`, buffers (schedules, scale factors) left as they
+    are: for sampling under autocast, where nothing trains, as diffusers' `torch_dtype` does."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+    return model
+
+
 # ---- what the solver calls ---------------------------------------------------------------------
 
 def apply_model_fast_paths(solver: Any) -> None:

@@ -20,7 +20,7 @@ from .base import BaseSolver
 SAMPLE_KEYS = {'SAMPLER': 'sampler', 'SAMPLE_STEPS': 'sample_steps', 'SEED': 'seed', 'GUIDE_SCALE': 'guide_scale',
                'GUIDE_RESCALE': 'guide_rescale', 'DISCRETIZATION': 'discretization', 'IMAGE_SIZE': 'image_size',
                'RUN_TRAIN_N': 'run_train_n', 'N_PROMPT': 'n_prompt',
-               'PREV_TIMESTEP': 'prev_timestep'}  # 'strided': ddim / ddpm step as diffusers' schedulers
+               'PREV_TIMESTEP': 'prev_timestep', 'CUDA_GRAPH': 'cuda_graph'}  # 'strided': ddim / ddpm step as diffusers' schedulers
 
 
 def sample_kwargs(sample_args: dict | None) -> dict[str, Any]:
