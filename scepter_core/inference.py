@@ -133,15 +133,10 @@ def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: s
     solver = cfg.get('SOLVER') or Config()
     dtype = {'float16': torch.float16, 'bfloat16': torch.bfloat16}.get(solver.get('DTYPE'), torch.float32)
     amp = bool(solver.get('USE_AMP')) and we.device.type != 'cpu'
+    from .solvers.fast_paths import apply_model_switches, cast_parameters
     if amp:  # nothing trains here: hold the weights in the compute dtype (no re-cast at every step)
-        from .solvers.fast_paths import cast_parameters
         cast_parameters(model.requires_grad_(False), dtype)
-    if solver.get('CHANNELS_LAST'):
-        from .solvers.fast_paths import use_channels_last
-        use_channels_last(model)
-    if solver.get('COMPILE'):
-        from .solvers.fast_paths import compile_model
-        compile_model(model, we.device, logger)
+    apply_model_switches(model, solver, we.device, logger)
     with torch.inference_mode(), device_autocast(we.device, dtype, enabled=amp):
         outs = model.forward_test(prompt=list(prompts), show_progress=True, **kwargs)
     out = Path(out_dir)

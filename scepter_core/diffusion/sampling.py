@@ -91,7 +91,8 @@ class SamplingMixin:
         prev_timestep 'strided' (samplers with a `sigmas_to` argument: ddim, ddpm) steps each
         t to t - T // N as diffusers' DDIMScheduler does, then reads the sample at the next
         visited timestep; 'next' (default) steps to the next visited timestep.
-        cuda_graph: on CUDA, replay the model from a captured graph (see cuda_graph.py).
+        cuda_graph: on CUDA, replay the model from a captured graph (see cuda_graph.py); not
+        with condition_fn, whose gradients a graph cannot replay.
         Other kwargs go to the sampler (eta, s_noise, order, ...)."""
         if return_intermediate not in (None, 'x0', 'xt'):
             raise ConfigError(f"return_intermediate: '{return_intermediate}' is not one of None, 'x0', 'xt'")
@@ -112,8 +113,7 @@ class SamplingMixin:
                                   f'(ddim and ddpm take strided steps)')
             kwargs['sigmas_to'] = self.strided_sigmas(ts)[start:]
         x_init, generator = _initial_state(noise, x, start > 0, float(sigmas[0]), seed)
-        if cuda_graph and condition_fn is None:
-            model = maybe_graphed(model, True, x_init.device, self.logger)
+        model = maybe_graphed(model, cuda_graph and condition_fn is None, x_init.device, self.logger)
         denoise = constrain_x0(self.denoiser(model, model_kwargs, guide_scale, guide_rescale),
                                clamp, percentile, condition_fn)
         intermediates: list[torch.Tensor] = []

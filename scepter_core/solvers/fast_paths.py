@@ -160,14 +160,18 @@ def cast_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 # ---- what the solver calls ---------------------------------------------------------------------
 
+def apply_model_switches(model: nn.Module, solver_cfg: Any, device: torch.device, logger: logging.Logger) -> None:
+    """SOLVER.CHANNELS_LAST and SOLVER.COMPILE on a model already on `device` (training and inference)."""
+    if solver_cfg.get('CHANNELS_LAST'):
+        use_channels_last(model)
+    if solver_cfg.get('COMPILE'):
+        compile_model(model, device, logger)
+
+
 def apply_model_fast_paths(solver: Any) -> None:
     """After the model is on its device: channels_last and COMPILE (SOLVER keys)."""
-    model = solver.unwrapped_model
-    if solver.cfg.CHANNELS_LAST:
-        use_channels_last(model)
-    if solver.cfg.COMPILE:
-        from ..env import we
-        compile_model(model, we.device, solver.logger)
+    from ..env import we
+    apply_model_switches(solver.unwrapped_model, solver.cfg, we.device, solver.logger)
 
 
 def apply_train_fast_paths(solver: Any) -> None:
