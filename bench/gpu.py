@@ -352,7 +352,24 @@ def main() -> None:
             run.note(f'{part} failed: {type(e).__name__}: {e}')
         if run.cuda:
             torch.cuda.empty_cache()
+    print_tables(run.data)
     print(f'wrote {run.path} after {time.perf_counter() - run.t0:.0f} s', flush=True)
+
+
+def print_tables(data: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    parts = {'train': ('side', 'layout', 'compiled', 'batch', 'step_s', 'images_per_s', 'peak_gib', 'mfu_issue_count'),
+             'sample': ('side', 'layout', 'cuda_graph', 'compiled', 'seconds_per_image', 'peak_gib')}
+    for part, cols in parts.items():
+        if not data[part]:
+            continue
+        table = Table(title=f"{part} on {data['env'].get('gpu', 'CPU')}")
+        for col in cols:
+            table.add_column(col, justify='left' if col in ('side', 'layout') else 'right')
+        for row in data[part]:
+            table.add_row(*[f'{row[c]:.3g}' if isinstance(row[c], float) else str(row[c]) for c in cols])
+        Console(width=140).print(table)
 
 
 if __name__ == '__main__':
