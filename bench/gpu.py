@@ -225,7 +225,6 @@ def train_rows(run: Run, side: str, unet: torch.nn.Module, block: Any, layout: s
         print(f"train {side:9s} {layout:13s} {'compiled' if compiled else 'eager':8s} b{batch:<3d} "
               f"{sec * 1e3:8.1f} ms  {ips:7.1f} img/s  peak {row['peak_gib']:6.1f} GiB  "
               f"MFU {row['mfu_issue_count']:.1%}  loss {loss0:.5f}", flush=True)
-    del opt
 
 
 def bench_train(run: Run) -> None:
