@@ -236,7 +236,9 @@ class Conv2d(nn.Conv2d):
             return None
         # Repacked when the weight is replaced or written in place (as far as its version
         # counter tells), or the input shape / layout changes (the format is chosen for it).
-        key = (w.data_ptr(), w._version, tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last))
+        # Inference tensors (FSDP gathers weights under inference_mode) keep no counter.
+        version = -1 if w.is_inference() else w._version
+        key = (w.data_ptr(), version, tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last))
         cached = _PACKED.get(self)
         if cached is None or cached[0] != key or cached[1]() is not w:
             with torch.no_grad():

@@ -164,6 +164,19 @@ def test_packed_weight_follows_weight_changes():
         assert (conv(torch.randn(3, 8, 7, 7)) - conv.bias[:, None, None]).abs().max() < 1e-6  # a new shape
 
 
+def test_packs_an_inference_tensor_weight():
+    """FSDP gathers its weights under inference_mode: tensors without a version counter."""
+    torch.manual_seed(2)
+    conv = Conv2d(8, 8, 3, padding=1)
+    ref = _twin(conv)
+    with torch.inference_mode():
+        conv.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        x = torch.randn(2, 8, 5, 5)
+        with packed_weights():
+            assert conv.weight.is_inference()
+            assert (conv(x) - ref(x)).abs().max() < 1e-5 and conv in _PACKED
+
+
 def test_training_and_limits_skip_packing(monkeypatch):
     conv = Conv2d(8, 8, 3, padding=1)
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
