@@ -152,3 +152,32 @@ def test_cpu_attention_matches_sdpa(lengths):
     with torch.autocast('cpu', dtype=torch.bfloat16):
         half = attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
     assert half.dtype == torch.bfloat16 and (half.double() - ref).abs().max() < 0.05
+
+
+def test_conv_projections_run_as_linears_unless_wrapped():
+    """SD1-style 1x1 proj_in / proj_out run as linear maps of the tokens: the same numbers and
+    gradients as the convolutions; a wrapped projection (a LoRA layer) is still called."""
+    from torch import nn
+
+    from scepter_core.models.backbones.attention import SpatialTransformer
+    torch.manual_seed(0)
+    fast = SpatialTransformer(64, heads=2, dim_head=32, context_dim=32)
+    nn.init.normal_(fast.proj_out.weight, std=0.05)
+    plain = SpatialTransformer(64, heads=2, dim_head=32, context_dim=32)
+    plain.load_state_dict(fast.state_dict())
+    for name in ('proj_in', 'proj_out'):  # stand-ins for wrapped layers: other classes
+        conv = getattr(plain, name)
+        wrapped = nn.Conv2d(conv.in_channels, conv.out_channels, 1)
+        wrapped.load_state_dict(conv.state_dict())
+        setattr(plain, name, wrapped)
+    calls = []
+    plain.proj_in.register_forward_hook(lambda *a: calls.append('proj_in'))
+    x, ctx = torch.randn(2, 64, 6, 5), torch.randn(2, 7, 32)
+    outs = [m(x, context=ctx) for m in (fast, plain)]
+    assert calls == ['proj_in']
+    assert (outs[0] - outs[1]).abs().max() < 1e-5
+    for m, out in zip((fast, plain), outs):
+        out.square().sum().backward()
+    for name in ('proj_in.weight', 'proj_out.weight', 'proj_out.bias', 'norm.weight'):
+        a, b = fast.get_parameter(name).grad, plain.get_parameter(name).grad
+        assert (a - b).abs().max() < 1e-4 * max(1.0, b.abs().max().item()), name
