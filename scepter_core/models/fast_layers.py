@@ -20,7 +20,9 @@ The scope is what keeps this safe: weights do not change while a sampler runs, w
 training they change in ways no counter sees (fused AdamW and `.data` writes leave
 `_version` as it was). The packed copies cost memory, so only weights up to
 SCEPTER_CPU_PACK_LIMIT_MB each (default 4; 0 turns packing off) are packed, and all are
-dropped when the outermost scope ends."""
+dropped when the outermost scope ends. Larger kernels on small maps, in any fp32 CPU inference,
+run as im2col and one oneDNN matmul over the plain weight instead (MATMUL_RATIO): no copy of
+the weight is kept, and the weight is not reordered either."""
 from __future__ import annotations
 
 import contextlib
@@ -44,6 +46,12 @@ MIN_SPEEDUP = 1.25
 MIN_MACS = 1 << 20
 MIN_MACS_GRAD = 1 << 23
 PACK_ENV, PACK_LIMIT_MB = 'SCEPTER_CPU_PACK_LIMIT_MB', 4.0
+# oneDNN's convolution reorders its weight at every call; where the weight is large next to
+# the map, im2col and one matmul over the plain weight is faster: SD1.5's 1280-channel 3x3
+# kernels (56 MB) on 8x8 and 16x16 latents 1.2-4x at ratios (output channels x kernel area /
+# output positions) of 20-180, a tie at 15. Smaller kernels need more: 640 channels (14 MB)
+# lose at ratio 22 (bench/README.md). Ratio needed: 16 from 32 MB of weight on, else 40.
+MATMUL_RATIO, MATMUL_RATIO_SMALL, MATMUL_LARGE_WEIGHT = 16, 40, 32 * 2 ** 20
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -211,18 +219,52 @@ def inference_layout(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if packs else torch.contiguous_format
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 class Conv2d(nn.Conv2d):
-    """`nn.Conv2d` that reuses a packed copy of its weight in fp32 CPU inference (module doc)."""
+    """`nn.Conv2d` that, in fp32 CPU inference, runs wide kernels on small maps as one matmul
+    and reuses a packed copy of its weight (module doc)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._as_matmul(x):
+            return self._matmul_forward(x)
         packed = self._packed_weight(x)
         if packed is None:
             return super().forward(x)
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        channels_last = _is_channels_last(x)
         out = torch.ops.mkldnn._convolution_pointwise(
             x if channels_last else x.contiguous(), packed, self.bias, *self._geometry(), 'none', [], '')
         # oneDNN answers in channels_last; callers of an NCHW conv get NCHW, as from nn.Conv2d.
         return out if channels_last else out.contiguous()
+
+    def _out_size(self, x: torch.Tensor) -> tuple[int, int]:
+        return tuple((n + 2 * p - k) // s + 1 for n, p, k, s in
+                     zip(x.shape[-2:], self.padding, self.kernel_size, self.stride))  # type: ignore[return-value]
+
+    def _as_matmul(self, x: torch.Tensor) -> bool:
+        """Whether this call runs as im2col + one oneDNN matmul: inference on fp32 CPU tensors,
+        where the weight outweighs the map (MATMUL_RATIO)."""
+        if (x.dim() != 4 or self.groups != 1 or self.padding_mode != 'zeros' or isinstance(self.padding, str)
+                or tuple(self.dilation) != (1, 1) or _needs_grad(x, self.weight, self.bias)):
+            return False
+        h, w = self._out_size(x)
+        kh, kw = self.kernel_size
+        need = MATMUL_RATIO if self.weight.numel() * 4 >= MATMUL_LARGE_WEIGHT else MATMUL_RATIO_SMALL
+        return (self.out_channels * kh * kw >= need * x.shape[0] * h * w
+                and _plain_fp32_cpu(x, self.weight) and backend() == 'onednn')
+
+    def _matmul_forward(self, x: torch.Tensor) -> torch.Tensor:
+        (ph, pw), (kh, kw), (sh, sw) = self.padding, self.kernel_size, self.stride
+        b, c = x.shape[:2]
+        h, w = self._out_size(x)
+        # [B, C, H, W] -> windows [B, h, w, C, kh, kw] -> rows in the weight's (C, kh, kw) order.
+        windows = F.pad(x, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)
+        cols = windows.permute(0, 2, 3, 1, 4, 5).reshape(b * h * w, c * kh * kw)
+        out = _onednn(cols, self.weight.reshape(self.out_channels, -1), self.bias)
+        out = out.view(b, h, w, -1).permute(0, 3, 1, 2)  # channels_last strides
+        return out if _is_channels_last(x) else out.contiguous()
 
     def _geometry(self) -> tuple[list[int], list[int], list[int], int]:
         return list(self.padding), list(self.stride), list(self.dilation), self.groups

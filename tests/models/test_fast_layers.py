@@ -220,3 +220,26 @@ def test_scope_ends_drop_packs_so_training_updates_are_seen():
         assert conv not in _PACKED
         conv(x).square().mean().backward()
         opt.step()
+
+
+@pytest.mark.parametrize('kw,channels_last', [({'kernel_size': 3, 'padding': 1}, False),
+                                              ({'kernel_size': 3, 'padding': 1}, True),
+                                              ({'kernel_size': 3, 'stride': 2, 'padding': 1}, False),
+                                              ({'kernel_size': 1, 'bias': False}, False)])
+def test_wide_kernels_on_small_maps_run_as_one_matmul(monkeypatch, kw, channels_last):
+    monkeypatch.setenv(fast_linear.ENV, 'onednn')
+    torch.manual_seed(0)
+    conv = Conv2d(16, 256, **kw)  # 256 x kernel area against at most 1 x 2 x 2 output positions
+    ref = _twin(conv)
+    x = torch.randn(1, 16, 2, 2)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert conv._as_matmul(x)
+        out = conv(x)
+        assert out.shape == ref(x).shape and (out - ref(x)).abs().max() < 1e-5
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last or out.is_contiguous()
+    assert not conv._as_matmul(x.requires_grad_())  # training keeps the convolution
+    assert not conv._as_matmul(torch.randn(2, 16, 32, 32))  # a large map too
+    monkeypatch.setenv(fast_linear.ENV, 'aten')
+    assert not conv._as_matmul(torch.randn(1, 16, 2, 2))  # and so does a CPU where oneDNN is no faster
