@@ -181,3 +181,35 @@ def test_conv_projections_run_as_linears_unless_wrapped():
     for name in ('proj_in.weight', 'proj_out.weight', 'proj_out.bias', 'norm.weight'):
         a, b = fast.get_parameter(name).grad, plain.get_parameter(name).grad
         assert (a - b).abs().max() < 1e-4 * max(1.0, b.abs().max().item()), name
+
+
+@pytest.mark.parametrize('context_dim', [None, 24])
+def test_fused_attention_matches_the_module_path(monkeypatch, context_dim):
+    """Small fp32 CPU training runs a CrossAttention as one Function (fused_attention.py): the
+    same output and gradients as autograd through the module's own layers."""
+    from scepter_core.models import fast_layers
+    from scepter_core.models.backbones import attention as att
+    monkeypatch.setenv(fast_layers.ENV, 'onednn')
+    torch.manual_seed(0)
+    layer = att.CrossAttention(32, context_dim, heads=2, dim_head=16)
+    x = torch.randn(3, 10, 32, requires_grad=True)
+    ctx = torch.randn(3, 7, context_dim, requires_grad=True) if context_dim else None
+    leaves = [x] + ([ctx] if ctx is not None else []) + list(layer.parameters())
+    runs = []
+    for fused in (True, False):
+        with monkeypatch.context() as m:
+            if not fused:
+                m.setattr(att, 'fused_attention_applies', lambda *a: False)
+            else:
+                assert att.fused_attention_applies(layer, x, x if ctx is None else ctx)
+            out = layer(x, ctx)
+            grads = torch.autograd.grad((out * torch.linspace(-1, 1, 32)).sum(), leaves)
+        runs.append((out.detach(), grads))
+    (out_f, grads_f), (out_m, grads_m) = runs
+    assert (out_f - out_m).abs().max() < 1e-5
+    for a, b in zip(grads_f, grads_m):
+        assert (a - b).abs().max() < 1e-5 * max(1.0, b.abs().max().item())
+    with torch.no_grad():  # inference keeps the module path
+        assert not att.fused_attention_applies(layer, x, x)
+    layer.to_k = torch.nn.Linear(layer.to_k.in_features, layer.to_k.out_features, bias=False)  # a wrapped layer
+    assert not att.fused_attention_applies(layer, x, x if ctx is None else ctx)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..fast_layers import Conv2d, Linear, linear
+from .fused_attention import fused_attention, fused_attention_applies
 from .unet_blocks import maybe_checkpoint
 
 
@@ -51,7 +52,10 @@ class CrossAttention(nn.Module):
         self.to_out = nn.Sequential(Linear(inner, query_dim), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
+        c = x if context is None else context
+        if x.shape[1] * c.shape[1] <= CPU_MATH_PAIRS and fused_attention_applies(self, x, c):
+            return fused_attention(self, x, context)  # small fp32 CPU training: one Function
+        context = c
         b, n, _ = x.shape
         # [B, L, H*D] -> [B, H, L, D] as strided views; SDPA accepts them without a copy.
         q = self.to_q(x).view(b, n, self.heads, -1).transpose(1, 2)

@@ -1,0 +1,85 @@
+"""Small-attention training on the CPU as one autograd Function.
+
+At the tiny recipe's sizes (8x8 latents, batch 8) each projection of an attention layer is a
+~2 M multiply-add product: too small for `fast_layers.linear` to pay an autograd.Function per
+linear, so they run on torch's default BLAS (MKL's slow path on AMD, bench/README.md). Here the
+whole layer (q, k, v and output projections, scores, softmax, weighted sum) is one Function:
+every matmul of its forward and hand-written backward runs on oneDNN, for the cost of one
+Python call each way. Used for fp32 CPU training where each projection stays under
+`fast_layers.MIN_MACS_GRAD`; the module path (autograd) is the reference it is tested against."""
+from __future__ import annotations
+
+import torch
+
+from .. import fast_layers
+from ..fast_layers import _onednn, _weight_grad
+
+
+def _split(t: torch.Tensor, b: int, n: int, heads: int) -> torch.Tensor:
+    """[B*N, H*D] -> [B*H, N, D]."""
+    return t.view(b, n, heads, -1).transpose(1, 2).reshape(b * heads, n, -1)
+
+
+def _merge(t: torch.Tensor, b: int, n: int, heads: int) -> torch.Tensor:
+    """[B*H, N, D] -> [B*N, H*D]."""
+    return t.view(b, heads, n, -1).transpose(1, 2).reshape(b * n, -1)
+
+
+class _AttentionLayer(torch.autograd.Function):
+    """out = softmax(q k^T / sqrt(d)) v W_o^T + b_o, with q = x W_q^T, k = c W_k^T, v = c W_v^T."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, c: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor,
+                wo: torch.Tensor, bo: torch.Tensor | None, heads: int, self_attention: bool) -> torch.Tensor:
+        b, n, _ = x.shape
+        m = c.shape[1]
+        x2 = x.reshape(b * n, -1)
+        c2 = x2 if self_attention else c.reshape(b * m, -1)
+        q = _split(_onednn(x2, wq, None), b, n, heads)
+        k = _split(_onednn(c2, wk, None), b, m, heads)
+        v = _split(_onednn(c2, wv, None), b, m, heads)
+        scale = q.shape[-1] ** -0.5
+        p = torch.bmm(q, k.transpose(1, 2)).mul_(scale).softmax(-1)
+        o = _merge(torch.bmm(p, v), b, n, heads)
+        ctx.save_for_backward(x2, c2, q, k, v, p, o, wq, wk, wv, wo)
+        ctx.shape = (b, n, m, heads, scale, self_attention, bo is not None)
+        return _onednn(o, wo, bo)  # [B*N, C]: a view made in here could not be written in place
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x2, c2, q, k, v, p, o, wq, wk, wv, wo = ctx.saved_tensors
+        b, n, m, heads, scale, self_attention, has_bias = ctx.shape
+        g = grad.reshape(b * n, -1).contiguous()
+        d_o = _split(_onednn(g, wo.t(), None), b, n, heads)
+        d_v = _merge(torch.bmm(p.transpose(1, 2), d_o), b, m, heads)
+        d_s = torch._softmax_backward_data(torch.bmm(d_o, v.transpose(1, 2)), p, -1, p.dtype).mul_(scale)
+        d_q = _merge(torch.bmm(d_s, k), b, n, heads)
+        d_k = _merge(torch.bmm(d_s.transpose(1, 2), q), b, m, heads)
+        d_x = _onednn(d_q, wq.t(), None)
+        d_c = _onednn(d_k, wk.t(), None).add_(_onednn(d_v, wv.t(), None))
+        grads_w = (_weight_grad(d_q, x2), _weight_grad(d_k, c2), _weight_grad(d_v, c2), _weight_grad(g, o))
+        d_bo = g.sum(0) if has_bias else None
+        if self_attention:
+            return (d_x.add_(d_c).view(b, n, -1), None, *grads_w, d_bo, None, None)
+        return (d_x.view(b, n, -1), d_c.view(b, m, -1), *grads_w, d_bo, None, None)
+
+
+def fused_attention_applies(layer: torch.nn.Module, x: torch.Tensor, context: torch.Tensor) -> bool:
+    """Whether `layer` (a CrossAttention, on a short sequence) runs as one Function this call."""
+    to_out = layer.to_out[0]
+    if not all(type(t) is fast_layers.Linear for t in (layer.to_q, layer.to_k, layer.to_v, to_out)):
+        return False  # a wrapped projection (a LoRA layer) must be called
+    macs = x.shape[0] * x.shape[1] * layer.to_q.in_features * layer.to_q.out_features
+    return (macs < fast_layers.MIN_MACS_GRAD and fast_layers._needs_grad(x, context, layer.to_q.weight)
+            and fast_layers._plain_fp32_cpu(x, to_out.weight) and context.dtype == x.dtype
+            and fast_layers.backend() == 'onednn')
+
+
+def fused_attention(layer: torch.nn.Module, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    """The layer's output through `_AttentionLayer` (self-attention when `context` is None)."""
+    to_out, dropout = layer.to_out
+    c = x if context is None else context
+    out = _AttentionLayer.apply(x, c, layer.to_q.weight, layer.to_k.weight, layer.to_v.weight, to_out.weight,
+                                to_out.bias, layer.heads, context is None)
+    return dropout(out.view(x.shape[0], x.shape[1], -1))
