@@ -115,11 +115,13 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
 
 def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """grad^T @ x, a sum over the rows. oneDNN reads a transposed operand fastest as its
-    weight, so the wider of the two goes there; on a square product MKL's strided gemm wins."""
+    weight, so the wider of the two goes there; a small square product is MKL's strided gemm
+    (2.1 M multiply-adds: 24 us against 35), a large one oneDNN's (2048 x 320 x 320: 1.1 ms
+    against 1.9)."""
     n, k = grad.shape[1], x.shape[1]
     if n > k:
         return _onednn(x.t(), grad.t(), None).t()
-    if k > n:
+    if k > n or grad.shape[0] * n * k >= MIN_MACS_GRAD:
         return _onednn(grad.t(), x.t(), None)
     return torch.mm(grad.t(), x)
 
