@@ -1,8 +1,8 @@
 """The GPU path of the benchmarks: SD1.5's UNet training step and 512-px sampling in bf16,
 ours vs diffusers with the same (random) weights, on one CUDA device.
 
-    python bench/gpu.py [--batch 8 32 64] [--steps 8] [--sample-steps 50] [--runs 5]
-                        [--compile] [--budget 480] [--small] [--out DIR]
+    python bench/gpu.py [--parts sample train vae] [--batch 8 32 64] [--steps 8] [--sample-steps 50]
+                        [--runs 5] [--compile] [--budget 480] [--small] [--out DIR]
 
 train:  UNet forward + backward + fused AdamW under bf16 autocast (fp32 master weights),
         64x64 latents and 77x768 text embeddings as cached inputs (CACHE_LATENTS), each batch
@@ -14,6 +14,9 @@ train:  UNet forward + backward + fused AdamW under bf16 autocast (fp32 master w
 sample: one prompt, --sample-steps DDIM steps, CFG 7.5, 512 px, bf16: text encoding, the
         steps and the VAE decode; diffusers' StableDiffusionPipeline vs our forward_test,
         eager and with cuda_graph=True. Seconds per image (median of --runs after a warm-up).
+vae:    the SD1.5 VAE at 512 px in bf16, the same weights on both sides: encode and decode at
+        batch 1 and 8, tiled decode (32-latent tiles) and sliced decode (batch 8, one image at a
+        time); milliseconds per call and peak allocated memory, ours vs diffusers' AutoencoderKL.
 
 --budget (seconds) skips the later parts when time runs short; --small runs the tiny
 recipe's model at 64 px (a smoke test that runs anywhere, CPU included). Results go to
@@ -47,7 +50,7 @@ class Run:
         self.t0 = time.perf_counter()
         self.path = Path(args.out or RESULTS) / 'gpu.json'
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.data: dict[str, Any] = {'args': vars(args), 'train': [], 'sample': [], 'notes': []}
+        self.data: dict[str, Any] = {'args': vars(args), 'train': [], 'sample': [], 'vae': [], 'notes': []}
 
     def left(self) -> float:
         return self.args.budget - (time.perf_counter() - self.t0)
@@ -325,6 +328,66 @@ def bench_sample(run: Run) -> None:
     run.save()
 
 
+# ---- VAE ----------------------------------------------------------------------------------------
+
+VAE_RUNS = (('encode', 1), ('encode', 8), ('decode', 1), ('decode', 8), ('decode-tiled', 1), ('decode-sliced', 8))
+
+
+def vae_twins(run: Run) -> dict[str, tuple[Callable, Callable, Callable]]:
+    """side -> (encode, decode, set_mode(run)) over the same bf16 weights."""
+    from diffusers import AutoencoderKL
+
+    from scepter_core.convert import diffusers_vae_config, vae_keymap
+    from scepter_core.registry import MODELS
+    torch.manual_seed(0)
+    ours = MODELS.build({'NAME': 'AutoencoderKL'}).eval().to(run.dev, torch.bfloat16)
+    theirs = AutoencoderKL.from_config(diffusers_vae_config()).eval()
+    theirs.load_state_dict(vae_keymap().to_theirs({k: v.float().cpu() for k, v in ours.state_dict().items()}))
+    theirs.to(run.dev, torch.bfloat16)
+
+    def ours_mode(mode: str, batch: int) -> None:  # the recipe keys TILE_SIZE / BATCH_SIZE
+        ours.cfg.TILE_SIZE = 32 if mode == 'decode-tiled' else None
+        ours.cfg.BATCH_SIZE = 1 if mode == 'decode-sliced' else batch
+
+    def theirs_mode(mode: str, batch: int) -> None:
+        theirs.disable_tiling()
+        theirs.disable_slicing()
+        if mode == 'decode-tiled':
+            theirs.enable_tiling()
+            theirs.tile_sample_min_size, theirs.tile_latent_min_size = 256, 32
+        if mode == 'decode-sliced':
+            theirs.enable_slicing()
+    return {'ours': (lambda x: ours.encode_posterior(x).mode(), ours.decode, ours_mode),
+            'diffusers': (lambda x: theirs.encode(x).latent_dist.mode(), lambda z: theirs.decode(z).sample, theirs_mode)}
+
+
+def bench_vae(run: Run) -> None:
+    size = 64 if run.args.small else 512
+    sides = vae_twins(run)
+    for mode, batch in VAE_RUNS:
+        if run.left() < 20:
+            run.note(f'vae {mode} batch {batch}: skipped, {run.left():.0f} s of the budget left')
+            continue
+        g = torch.Generator().manual_seed(batch)
+        x = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(run.dev, torch.bfloat16)
+        z = torch.randn(batch, 4, size // 8, size // 8, generator=g).to(run.dev, torch.bfloat16)
+        outs = {}
+        for side, (encode, decode, set_mode) in sides.items():
+            set_mode(mode, batch)
+            fn = (lambda: encode(x)) if mode == 'encode' else (lambda: decode(z))  # noqa: B023
+            run.reset_peak()
+            with torch.inference_mode():
+                outs[side] = fn().float().cpu()
+                ms = time_steps(run, fn, run.args.runs) * 1e3
+            row = {'side': side, 'mode': mode, 'batch': batch, 'ms': ms, 'peak_gib': run.peak_gib()}
+            run.data['vae'].append(row)
+            run.save()
+            print(f"vae {side:9s} {mode:13s} batch {batch}: {ms:.1f} ms  peak {row['peak_gib']:.2f} GiB", flush=True)
+        diff = float((outs['ours'] - outs['diffusers']).abs().max())
+        run.data['vae'][-1]['max_abs_diff_vs_ours'] = diff
+        run.save()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--batch', type=int, nargs='+', default=[8, 32, 64])
@@ -335,7 +398,7 @@ def main() -> None:
     ap.add_argument('--sample-plans', nargs='+', default=None,
                     help='side:layout[:graph][:compile] rows, e.g. ours:channels_last:graph:compile')
     ap.add_argument('--budget', type=float, default=480, help='seconds; later parts are skipped past it')
-    ap.add_argument('--parts', nargs='+', default=['sample', 'train'], choices=('sample', 'train'))
+    ap.add_argument('--parts', nargs='+', default=['sample', 'train', 'vae'], choices=('sample', 'train', 'vae'))
     ap.add_argument('--small', action='store_true', help="the tiny recipe's model at 64 px (smoke test)")
     ap.add_argument('--out', default=None, help='folder for gpu.json (default bench/results)')
     run = Run(ap.parse_args())
@@ -344,7 +407,7 @@ def main() -> None:
     environment(run)
     for part in run.args.parts:
         try:
-            {'sample': bench_sample, 'train': bench_train}[part](run)
+            {'sample': bench_sample, 'train': bench_train, 'vae': bench_vae}[part](run)
         except Exception as e:  # noqa: BLE001 - keep the other part's figures
             import traceback
             traceback.print_exc()
@@ -359,13 +422,14 @@ def print_tables(data: dict) -> None:
     from rich.console import Console
     from rich.table import Table
     parts = {'train': ('side', 'layout', 'compiled', 'batch', 'step_s', 'images_per_s', 'peak_gib', 'mfu_issue_count'),
-             'sample': ('side', 'layout', 'cuda_graph', 'compiled', 'seconds_per_image', 'peak_gib')}
+             'sample': ('side', 'layout', 'cuda_graph', 'compiled', 'seconds_per_image', 'peak_gib'),
+             'vae': ('side', 'mode', 'batch', 'ms', 'peak_gib')}
     for part, cols in parts.items():
-        if not data[part]:
+        if not data.get(part):
             continue
         table = Table(title=f"{part} on {data['env'].get('gpu', 'CPU')}")
         for col in cols:
-            table.add_column(col, justify='left' if col in ('side', 'layout') else 'right')
+            table.add_column(col, justify='left' if col in ('side', 'layout', 'mode') else 'right')
         for row in data[part]:
             table.add_row(*[f'{row[c]:.3g}' if isinstance(row[c], float) else str(row[c]) for c in cols])
         Console(width=140).print(table)
