@@ -232,6 +232,10 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._as_matmul(x):
             return self._matmul_forward(x)
+        if self._small_pointwise_training(x):
+            b, c, h, w = x.shape
+            out = linear(x.permute(0, 2, 3, 1).reshape(-1, c), self.weight.flatten(1), self.bias)
+            return out.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
         packed = self._packed_weight(x)
         if packed is None:
             return super().forward(x)
@@ -256,6 +260,13 @@ class Conv2d(nn.Conv2d):
         need = MATMUL_RATIO if self.weight.numel() * 4 >= MATMUL_LARGE_WEIGHT else MATMUL_RATIO_SMALL
         return (self.out_channels * kh * kw >= need * x.shape[0] * h * w
                 and _plain_fp32_cpu(x, self.weight) and backend() == 'onednn')
+
+    def _small_pointwise_training(self, x: torch.Tensor) -> bool:
+        """A small 1x1 convolution in fp32 CPU training runs as a linear map of the channels:
+        oneDNN's convolution costs ~1.3x more there (skip connections on 8x8 maps)."""
+        return (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1
+                and x.dim() == 4 and x.numel() * self.out_channels < MIN_MACS_GRAD
+                and _needs_grad(x, self.weight, self.bias) and _plain_fp32_cpu(x, self.weight))
 
     def _matmul_forward(self, x: torch.Tensor) -> torch.Tensor:
         (ph, pw), (kh, kw), (sh, sw) = self.padding, self.kernel_size, self.stride

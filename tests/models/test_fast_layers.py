@@ -243,3 +243,25 @@ def test_wide_kernels_on_small_maps_run_as_one_matmul(monkeypatch, kw, channels_
     assert not conv._as_matmul(torch.randn(2, 16, 32, 32))  # a large map too
     monkeypatch.setenv(fast_linear.ENV, 'aten')
     assert not conv._as_matmul(torch.randn(1, 16, 2, 2))  # and so does a CPU where oneDNN is no faster
+
+
+def test_small_pointwise_conv_in_training_runs_as_a_linear():
+    torch.manual_seed(3)
+    conv = Conv2d(64, 32, 1)
+    ref = _twin(conv)
+    x = torch.randn(2, 64, 5, 5, requires_grad=True)
+    assert conv._small_pointwise_training(x)
+    out = conv(x)
+    g = torch.randn_like(out)
+    out.backward(g)
+    grads = [x.grad.clone(), conv.weight.grad, conv.bias.grad]
+    x.grad = None
+    expected = ref(x)
+    expected.backward(g)
+    assert out.is_contiguous() and (out - expected).abs().max() < 1e-5
+    for a, b in zip(grads, [x.grad, ref.weight.grad, ref.bias.grad]):
+        assert (a - b).abs().max() < 1e-4
+    with torch.no_grad():
+        assert not conv._small_pointwise_training(x)  # inference: the convolution (or its packed form)
+    assert not Conv2d(64, 32, 3, padding=1)._small_pointwise_training(x)
+    assert not conv._small_pointwise_training(torch.randn(64, 64, 32, 32, requires_grad=True))  # large: conv

@@ -55,12 +55,11 @@ class CrossAttention(nn.Module):
         c = x if context is None else context
         if x.shape[1] * c.shape[1] <= CPU_MATH_PAIRS and fused_attention_applies(self, x, c):
             return fused_attention(self, x, context)  # small fp32 CPU training: one Function
-        context = c
         b, n, _ = x.shape
         # [B, L, H*D] -> [B, H, L, D] as strided views; SDPA accepts them without a copy.
         q = self.to_q(x).view(b, n, self.heads, -1).transpose(1, 2)
-        k = self.to_k(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
-        v = self.to_v(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
+        k = self.to_k(c).view(b, c.shape[1], self.heads, -1).transpose(1, 2)
+        v = self.to_v(c).view(b, c.shape[1], self.heads, -1).transpose(1, 2)
         out = attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
