@@ -230,6 +230,8 @@ class Conv2d(nn.Conv2d):
     and reuses a packed copy of its weight (module doc)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != 'cpu' or x.dtype != torch.float32:  # the CPU paths below: nothing to check
+            return super().forward(x)
         if self._as_matmul(x):
             return self._matmul_forward(x)
         if self._small_pointwise_training(x):
