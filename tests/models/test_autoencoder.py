@@ -41,13 +41,24 @@ def test_encode_and_decode_match_diffusers():
     assert dec.abs().max() > 0.05 and (dec - ref_dec).abs().max().item() < 1e-5
 
 
-def test_micro_batches_and_mode():
+def test_micro_batch_counts_full_size_images():
+    vae = MODELS.build(cfg(TINY_VAE, BATCH_SIZE=4))
+    assert vae.micro_batch(512 * 512) == 4 and vae.micro_batch(1024 * 1024) == 4  # Scepter's meaning
+    assert vae.micro_batch(256 * 256) == 16 and vae.micro_batch(32 * 32) == 1024  # same pixels per call
+
+
+def test_micro_batches_and_mode(monkeypatch):
+    from scepter_core.models.autoencoders import autoencoder_kl
+    monkeypatch.setattr(autoencoder_kl, 'FULL_SIZE_PIXELS', 16 * 16)  # 16 px images count as full size
     one = build('MODELS', cfg(TINY_VAE, BATCH_SIZE=1, USE_MODE=True), seed=2)
     many = MODELS.build(cfg(TINY_VAE, BATCH_SIZE=8, USE_MODE=True)).eval()
     many.load_state_dict(one.state_dict())
     x = torch.randn(3, 3, 16, 16)
+    calls = []
+    one.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     with torch.no_grad():
         assert torch.allclose(one.encode(x), many.encode(x), atol=1e-6)
+        assert calls == [1, 1, 1]
         assert torch.equal(one.encode(x), one.encode_posterior(x).mean)  # USE_MODE: no sampling
         z = one.encode(x)
         assert torch.allclose(one.decode(z), many.decode(z), atol=1e-6)

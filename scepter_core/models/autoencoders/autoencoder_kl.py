@@ -16,6 +16,9 @@ from .distributions import DiagonalGaussian
 from ..fast_layers import Conv2d
 
 
+FULL_SIZE_PIXELS = 512 * 512  # BATCH_SIZE counts images of this size (SD1.5's)
+
+
 @MODELS.register_class()
 class AutoencoderKL(TrainModule):
     """Image <-> latent with a KL-regularised Gaussian posterior (SD1.5: 83,653,863 parameters).
@@ -30,7 +33,8 @@ class AutoencoderKL(TrainModule):
                              "(Scepter's conv1/conv2 names for quant_conv/post_quant_conv are accepted)."},
         'IGNORE_KEYS': {'value': [], 'description': 'Names (prefix removed) to skip when loading: literal prefixes, '
                                                     'or regexes when they use regex syntax.'},
-        'BATCH_SIZE': {'value': 4, 'description': 'Micro-batch size of encode/decode, to cap activation memory.'},
+        'BATCH_SIZE': {'value': 4, 'description': 'Micro-batch of encode/decode, to cap activation memory: this '
+                       'many images of 512x512 or more at a time; smaller images go proportionally more at once.'},
         'USE_MODE': {'value': False, 'description': 'encode() returns the posterior mean instead of a sample.'},
         'KL_WEIGHT': {'value': 1e-6, 'description': 'Weight of the KL term in training (LDM convention).'},
         'REC_LOSS': {'value': 'l1', 'choices': ('l1', 'l2'), 'description': 'Reconstruction loss.'},
@@ -60,8 +64,9 @@ class AutoencoderKL(TrainModule):
 
     # ---- encode / decode ---------------------------------------------------------------
     def encode_posterior(self, x: torch.Tensor) -> DiagonalGaussian:
-        """q(z|x) for images in [-1, 1], computed BATCH_SIZE images at a time."""
-        moments = torch.cat([self.quant_conv(self.encoder(xb)) for xb in x.split(self.cfg.BATCH_SIZE)])
+        """q(z|x) for images in [-1, 1], computed a micro-batch at a time (see `micro_batch`)."""
+        chunk = self.micro_batch(x.shape[-2] * x.shape[-1])
+        moments = torch.cat([self.quant_conv(self.encoder(xb)) for xb in x.split(chunk)])
         return DiagonalGaussian(moments)
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -70,10 +75,19 @@ class AutoencoderKL(TrainModule):
         return posterior.mode() if self.cfg.USE_MODE else posterior.sample(generator)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images (about [-1, 1]) from unscaled latents, BATCH_SIZE at a time, tiled if asked."""
+        """Images (about [-1, 1]) from unscaled latents, a micro-batch at a time, tiled if asked."""
         tile = self.cfg.TILE_SIZE
         run = self._decode_tiled if tile and max(z.shape[-2:]) > tile else self._decode
-        return torch.cat([run(zb) for zb in z.split(self.cfg.BATCH_SIZE)])
+        chunk = self.micro_batch(z.shape[-2] * z.shape[-1] * self.downscale ** 2)
+        return torch.cat([run(zb) for zb in z.split(chunk)])
+
+    def micro_batch(self, pixels: int) -> int:
+        """Images per encode/decode call for images of `pixels` pixels: BATCH_SIZE at 512x512 and
+        above (Scepter's meaning), and as many as hold the same pixel count below it. Activation
+        memory grows with pixels, so the cap stays; small images (32 px: 256x as many) skip the
+        per-call cost of many small convolutions."""
+        n = max(int(self.cfg.BATCH_SIZE), 1)
+        return max(n, n * FULL_SIZE_PIXELS // max(pixels, 1))
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z))
