@@ -61,6 +61,23 @@ def build_pipeline(ours: torch.nn.Module):
     return pipe
 
 
+def sampling_runs(ours: torch.nn.Module, pipe, batch: int, steps: int, guide_scale: float, size: int) -> dict:
+    """The two sides' sampling calls for one batch (same prompts, seed and schedule); each
+    returns the images [B, 3, H, W] in [0, 1]."""
+    kw = dict(sample_steps=steps, guide_scale=guide_scale, guide_rescale=0.0, seed=2023, sampler='ddim',
+              discretization='trailing', image_size=[size, size])
+
+    def run_ours() -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.stack([o['image'] for o in ours.forward_test([PROMPT] * batch, [N_PROMPT] * batch, **kw)])
+
+    def run_theirs() -> torch.Tensor:
+        g = torch.Generator().manual_seed(2023)
+        return pipe([PROMPT] * batch, negative_prompt=[N_PROMPT] * batch, num_inference_steps=steps,
+                    guidance_scale=guide_scale, height=size, width=size, generator=g, output_type='pt').images
+    return {'ours': run_ours, 'diffusers': run_theirs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--steps', type=int, default=20)
@@ -73,29 +90,17 @@ def main() -> None:
     threads = set_threads(args.threads)
     ours = build_ours()
     pipe = build_pipeline(ours)
-    size = [args.size, args.size]
     rows, diffs = [], {}
     for batch in args.batch:
-        kw = dict(sample_steps=args.steps, guide_scale=args.guide_scale, guide_rescale=0.0, seed=2023,
-                  sampler='ddim', discretization='trailing', image_size=size)
-
-        def run_ours() -> torch.Tensor:
-            with torch.inference_mode():
-                return torch.stack([o['image'] for o in ours.forward_test([PROMPT] * batch, [N_PROMPT] * batch, **kw)])
-
-        def run_theirs() -> torch.Tensor:
-            g = torch.Generator().manual_seed(2023)
-            return pipe([PROMPT] * batch, negative_prompt=[N_PROMPT] * batch, num_inference_steps=args.steps,
-                        guidance_scale=args.guide_scale, height=size[0], width=size[1], generator=g,
-                        output_type='pt').images
-        diffs[batch] = float((run_ours() - run_theirs()).abs().max())
+        runs = sampling_runs(ours, pipe, batch, args.steps, args.guide_scale, args.size)
+        diffs[batch] = float((runs['ours']() - runs['diffusers']()).abs().max())
         if diffs[batch] > 1e-3:
             raise SystemExit(f'batch {batch}: images differ by {diffs[batch]:.3g}: not the same work')
-        res = time_interleaved({'ours': run_ours, 'diffusers': run_theirs}, args.runs, warmup=1)
+        res = time_interleaved(runs, args.runs, warmup=1)
         o, d = res['ours'], res['diffusers']
         rows.append([f'batch {batch}', o['wall_s'] * 1e3, d['wall_s'] * 1e3, batch / o['wall_s'], batch / d['wall_s'],
                      ratio(d['wall_s'], o['wall_s']), ratio(d['cpu_s'], o['cpu_s'])])
-    report(results_name('sampling', threads), f'tiny model, {args.steps} DDIM steps, CFG {args.guide_scale}, {size[0]} px, {threads} threads',
+    report(results_name('sampling', threads), f'tiny model, {args.steps} DDIM steps, CFG {args.guide_scale}, {args.size} px, {threads} threads',
            ['work', 'ours ms', 'diffusers ms', 'ours img/s', 'diffusers img/s', 'speed-up (wall)', 'speed-up (CPU)'],
            rows, {'max_abs_image_diff': diffs, 'target_speedup': 1.2})
 
