@@ -213,3 +213,28 @@ def test_fused_attention_matches_the_module_path(monkeypatch, context_dim):
         assert not att.fused_attention_applies(layer, x, x)
     layer.to_k = torch.nn.Linear(layer.to_k.in_features, layer.to_k.out_features, bias=False)  # a wrapped layer
     assert not att.fused_attention_applies(layer, x, x if ctx is None else ctx)
+
+
+def test_geglu_keeps_only_its_projection_for_the_backward():
+    from scepter_core.models.backbones.attention import GEGLU
+    torch.manual_seed(0)
+    layer = GEGLU(8, 16).double()
+    x = torch.randn(2, 5, 8, dtype=torch.double, requires_grad=True)
+    saved, projected = [], []
+    layer.proj.register_forward_hook(lambda module, args, output: projected.append(output))
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = layer(x)
+    weights = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    kept = {t.untyped_storage().data_ptr() for t in saved} - weights
+    assert kept == {x.untyped_storage().data_ptr(), projected[0].untyped_storage().data_ptr()}
+    # The plain expression keeps gelu(gate) as well; values and gradients are the same.
+    h, gate = F.linear(x, layer.proj.weight, layer.proj.bias).chunk(2, dim=-1)
+    ref = h * F.gelu(gate)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, [x, layer.proj.weight], grad)
+    want = torch.autograd.grad(ref, [x, layer.proj.weight], grad)
+    assert torch.allclose(out, ref, atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(got, want))
+    with torch.no_grad():
+        assert torch.equal(layer(x), ref.detach())
+    assert torch.autograd.gradcheck(lambda t: layer(t), (x,))

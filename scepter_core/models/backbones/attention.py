@@ -64,6 +64,29 @@ class CrossAttention(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
+class _GatedGELU(torch.autograd.Function):
+    """x * gelu(gate) for [x | gate] = h. Keeps only h for the backward and computes gelu(gate)
+    again there: autograd of the plain expression also keeps gelu(gate), a third more memory
+    (SD1.5 at 512 px: 40 MB a layer in fp32)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
+        x, gate = h.chunk(2, dim=-1)
+        ctx.save_for_backward(h)
+        return F.gelu(gate).mul_(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (h,) = ctx.saved_tensors
+        x, gate = h.chunk(2, dim=-1)
+        d_h = torch.empty_like(h)
+        d_x, d_gate = d_h.chunk(2, dim=-1)  # both halves written in place: no concatenation
+        torch.mul(grad, F.gelu(gate), out=d_x)
+        torch.ops.aten.gelu_backward.grad_input(grad * x, gate, approximate='none', grad_input=d_gate)
+        return d_h
+
+
 class GEGLU(nn.Module):
     """Gated GELU projection (`proj` holds both halves)."""
 
@@ -72,8 +95,11 @@ class GEGLU(nn.Module):
         self.proj = Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
+        h = self.proj(x)
+        if torch.is_grad_enabled() and h.requires_grad:
+            return _GatedGELU.apply(h)
+        x, gate = h.chunk(2, dim=-1)
+        return F.gelu(gate).mul_(x)
 
 
 class FeedForward(nn.Module):
