@@ -96,7 +96,8 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.proj(x)
-        if torch.is_grad_enabled() and h.requires_grad:
+        # Under torch.compile the plain expression: its partitioner recomputes pointwise ops by itself.
+        if torch.is_grad_enabled() and h.requires_grad and not torch.compiler.is_compiling():
             return _GatedGELU.apply(h)
         x, gate = h.chunk(2, dim=-1)
         return F.gelu(gate).mul_(x)
