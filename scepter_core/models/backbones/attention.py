@@ -67,7 +67,7 @@ class CrossAttention(nn.Module):
 class _GatedGELU(torch.autograd.Function):
     """x * gelu(gate) for [x | gate] = h. Keeps only h for the backward and computes gelu(gate)
     again there: autograd of the plain expression also keeps gelu(gate), a third more memory
-    (SD1.5 at 512 px: 40 MB a layer in fp32)."""
+    (SD1.5 at 512 px: 21 MB an image in each 64x64-latent layer, fp32)."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor) -> torch.Tensor:
