@@ -70,9 +70,24 @@ def test_inference_skips_autograd_and_small_products_stay_with_aten(monkeypatch)
     monkeypatch.setattr(fast_linear, '_onednn', lambda x, w, b: calls.append(1) or nn.functional.linear(x, w, b))
     big, small = Linear(256, 256), Linear(8, 8)
     with torch.inference_mode():
-        out = big(torch.randn(64, 256))
+        out = big(torch.randn(128, 256))
         small(torch.randn(4, 8))
-    assert len(calls) == 1 and out.grad_fn is None  # 64*256*256 MACs pass MIN_MACS; 4*8*8 does not
+    assert len(calls) == 1 and out.grad_fn is None  # 128*256*256 MACs pass MIN_MACS; 4*8*8 does not
+
+
+def test_matmul_t_and_weight_grads_keep_small_products_off_onednn(monkeypatch):
+    # Each shape oneDNN sees keeps a JIT kernel (~0.6 MB) cached: small products must not reach it.
+    calls = []
+    monkeypatch.setattr(fast_linear, '_onednn', lambda x, w, b: calls.append(x.shape) or nn.functional.linear(x, w, b))
+    g = torch.Generator().manual_seed(0)
+    x_small, w_small = torch.randn(512, 64, generator=g), torch.randn(64, 64, generator=g)
+    x_big, w_big = torch.randn(1024, 256, generator=g), torch.randn(256, 256, generator=g)
+    assert torch.allclose(fast_linear.matmul_t(x_small, w_small), x_small @ w_small.t(), atol=1e-5)
+    assert torch.allclose(fast_linear._weight_grad(x_small, x_small), x_small.t() @ x_small, atol=1e-3)
+    assert calls == []
+    assert torch.allclose(fast_linear.matmul_t(x_big, w_big.t()), x_big @ w_big, atol=1e-4)
+    fast_linear._weight_grad(x_big, x_big)
+    assert calls == [(1024, 256), (256, 1024)]
 
 
 def test_aten_choice_autocast_and_half_precision_fall_back(forced, monkeypatch):

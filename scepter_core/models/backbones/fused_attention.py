@@ -1,18 +1,18 @@
 """Small-attention training on the CPU as one autograd Function.
 
 At the tiny recipe's sizes (8x8 latents, batch 8) each projection of an attention layer is a
-~2 M multiply-add product: too small for `fast_layers.linear` to pay an autograd.Function per
-linear, so they run on torch's default BLAS (MKL's slow path on AMD, bench/README.md). Here the
-whole layer (q, k, v and output projections, scores, softmax, weighted sum) is one Function:
-every matmul of its forward and hand-written backward runs on oneDNN, for the cost of one
-Python call each way. Used for fp32 CPU training where each projection stays under
+~2 M multiply-add product, and the layer is a dozen small ops whose autograd bookkeeping costs
+as much as their arithmetic. Here the whole layer (q, k, v and output projections, scores,
+softmax, weighted sum) is one Function with a hand-written backward: one Python call each way.
+Its products go through `fast_layers.matmul_t` (oneDNN from `MIN_MACS` multiply-adds on, torch's
+BLAS below). Used for fp32 CPU training where each projection stays under
 `fast_layers.MIN_MACS_GRAD`; the module path (autograd) is the reference it is tested against."""
 from __future__ import annotations
 
 import torch
 
 from .. import fast_layers
-from ..fast_layers import _onednn, _weight_grad
+from ..fast_layers import _weight_grad, matmul_t
 
 
 def _split(t: torch.Tensor, b: int, n: int, heads: int) -> torch.Tensor:
@@ -35,15 +35,15 @@ class _AttentionLayer(torch.autograd.Function):
         m = c.shape[1]
         x2 = x.reshape(b * n, -1)
         c2 = x2 if self_attention else c.reshape(b * m, -1)
-        q = _split(_onednn(x2, wq, None), b, n, heads)
-        k = _split(_onednn(c2, wk, None), b, m, heads)
-        v = _split(_onednn(c2, wv, None), b, m, heads)
+        q = _split(matmul_t(x2, wq, None), b, n, heads)
+        k = _split(matmul_t(c2, wk, None), b, m, heads)
+        v = _split(matmul_t(c2, wv, None), b, m, heads)
         scale = q.shape[-1] ** -0.5
         p = torch.bmm(q, k.transpose(1, 2)).mul_(scale).softmax(-1)
         o = _merge(torch.bmm(p, v), b, n, heads)
         ctx.save_for_backward(x2, c2, q, k, v, p, o, wq, wk, wv, wo)
         ctx.shape = (b, n, m, heads, scale, self_attention, bo is not None)
-        return _onednn(o, wo, bo)  # [B*N, C]: a view made in here could not be written in place
+        return matmul_t(o, wo, bo)  # [B*N, C]: a view made in here could not be written in place
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -51,13 +51,13 @@ class _AttentionLayer(torch.autograd.Function):
         x2, c2, q, k, v, p, o, wq, wk, wv, wo = ctx.saved_tensors
         b, n, m, heads, scale, self_attention, has_bias = ctx.shape
         g = grad.reshape(b * n, -1).contiguous()
-        d_o = _split(_onednn(g, wo.t(), None), b, n, heads)
+        d_o = _split(matmul_t(g, wo.t(), None), b, n, heads)
         d_v = _merge(torch.bmm(p.transpose(1, 2), d_o), b, m, heads)
         d_s = torch._softmax_backward_data(torch.bmm(d_o, v.transpose(1, 2)), p, -1, p.dtype).mul_(scale)
         d_q = _merge(torch.bmm(d_s, k), b, n, heads)
         d_k = _merge(torch.bmm(d_s.transpose(1, 2), q), b, m, heads)
-        d_x = _onednn(d_q, wq.t(), None)
-        d_c = _onednn(d_k, wk.t(), None).add_(_onednn(d_v, wv.t(), None))
+        d_x = matmul_t(d_q, wq.t(), None)
+        d_c = matmul_t(d_k, wk.t(), None).add_(matmul_t(d_v, wv.t(), None))
         grads_w = (_weight_grad(d_q, x2), _weight_grad(d_k, c2), _weight_grad(d_v, c2), _weight_grad(g, o))
         d_bo = g.sum(0) if has_bias else None
         if self_attention:
