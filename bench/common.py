@@ -82,7 +82,8 @@ def ratio(theirs: float, ours: float) -> float:
 
 def run_child(script: str | Path, *args: str, timeout: float = 1800) -> dict:
     """Run a Python file in a fresh interpreter (cwd: the repository); it prints one JSON line last."""
-    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=ROOT,
+    # Resolved here: the child runs in the repository root, whatever directory this one runs in.
+    out = subprocess.run([sys.executable, str(Path(script).resolve()), *args], capture_output=True, text=True, cwd=ROOT,
                          timeout=timeout, env={**os.environ, 'PYTHONPATH': f"{ROOT}:{ROOT / 'bench'}"})
     if out.returncode:
         raise RuntimeError(f'child failed ({out.returncode}):\n{out.stderr[-3000:]}')

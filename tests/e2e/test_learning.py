@@ -92,8 +92,9 @@ def test_lora_variant_learns_a_new_shape_and_keeps_the_old(base: dict, monkeypat
     monkeypatch.setenv('TINY_WORK_DIR', str(work))
     base_model, _ = build_model(str(work / 'tiny_shapes'))
     lora_model, _ = build_model(lora_run, LORA)
-    losses = {(name, shapes[0]): _denoising_loss(model, shapes) for name, model in
-              (('base', base_model), ('lora', lora_model)) for shapes in (['diamond'], ['circle', 'square', 'triangle'])}
+    models = {'base': base_model, 'lora': lora_model}
+    losses = {(name, shapes[0]): _denoising_loss(model, shapes) for name, model in models.items()
+              for shapes in (['diamond'], ['circle', 'square', 'triangle'])}
     assert losses['lora', 'diamond'] <= 0.95 * losses['base', 'diamond'], losses
     assert losses['lora', 'circle'] <= 1.03 * losses['base', 'circle'], losses
     # Kept: the old shapes' prompt adherence, read back from samples.
