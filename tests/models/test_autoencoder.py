@@ -2,6 +2,8 @@
 micro-batching, posterior mode and tiled decoding."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from tiny_sd import TINY_VAE, assert_same_layout, build, cfg
@@ -39,6 +41,35 @@ def test_encode_and_decode_match_diffusers():
     assert (post.mean - ref.mean).abs().max().item() < 1e-5
     assert (post.std - ref.std).abs().max().item() < 1e-5
     assert dec.abs().max() > 0.05 and (dec - ref_dec).abs().max().item() < 1e-5
+
+
+def test_attention_hands_sdpa_unit_stride_channels_in_every_layout_and_cast(monkeypatch):
+    # CUDA's memory-efficient SDPA kernel needs unit stride along the head dim; strided q/k/v
+    # fall back to the math path, which holds the whole score matrix.
+    from scepter_core.models.autoencoders import vae_blocks
+    from scepter_core.solvers.fast_paths import cast_frozen_modules
+    seen = []
+
+    def spy(q, k, v):
+        seen.append([t.stride(-1) for t in (q, k, v)])
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    monkeypatch.setattr(vae_blocks, 'attention', spy)
+    torch.manual_seed(0)
+    block = vae_blocks.AttnBlock(64).eval()
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        # The LDM formula with the 1x1 convolutions as modules.
+        hn = block.norm(x)
+        q, k, v = (m(hn).flatten(2).transpose(1, 2) for m in (block.q, block.k, block.v))
+        att = torch.softmax(q @ k.transpose(1, 2) / 64 ** 0.5, -1) @ v
+        want = x + block.proj_out(att.transpose(1, 2).reshape(2, 64, 8, 8))
+        for layout in (torch.contiguous_format, torch.channels_last):
+            got = block(x.contiguous(memory_format=layout))
+            assert got.is_contiguous(memory_format=layout) and (got - want).abs().max() < 1e-5
+        cast_frozen_modules(block.requires_grad_(False), torch.bfloat16, logging.getLogger('t'))
+        got = block(x)  # fp32 in, bf16 weights, no autocast (USE_AMP's frozen VAE)
+    assert got.dtype == torch.float32 and (got - want).abs().max() < 0.1
+    assert seen == [[1, 1, 1]] * 3
 
 
 def test_micro_batch_counts_full_size_images():

@@ -56,7 +56,7 @@ class _Coder(TrainModule):
             return torch.utils.checkpoint.checkpoint(self._forward, x, use_reentrant=False)
         layout = inference_layout(x)  # channels_last throughout while its weights are packed
         out = self._forward(x.contiguous(memory_format=layout))
-        return out.contiguous() if layout is torch.channels_last else out
+        return out.contiguous()  # NCHW for callers, whatever layout the last convolution used
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
