@@ -166,7 +166,9 @@ def test_compile_falls_back_with_one_log_line_when_the_platform_cannot(monkeypat
         net, x = Net(), torch.randn(3, 8)
         with caplog.at_level(logging.INFO, logger=LOG.name):
             assert not compile_model(net, torch.device('cpu'), LOG)
-        assert len(caplog.records) == 1 and 'running eagerly' in caplog.records[0].getMessage()
+        # torch's own loggers may add their warnings (inductor does on some CPUs): count ours only
+        ours = [r.getMessage() for r in caplog.records if r.name == LOG.name]
+        assert len(ours) == 1 and 'running eagerly' in ours[0]
         assert net.model._compiled_call_impl is None
         torch.testing.assert_close(net.model(x), net.model.b(torch.nn.functional.silu(net.model.a(x))))
     finally:

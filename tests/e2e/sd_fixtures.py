@@ -8,9 +8,10 @@ import shutil
 from pathlib import Path
 
 import torch
+from fixtures import SCEPTER_RECIPES
 from models.tiny_sd import randomize  # random values everywhere: zero-initialised layers hide misses
 
-RECIPES = Path(__file__).resolve().parents[3] / 'shared' / 'scepter-recipes'
+RECIPES = SCEPTER_RECIPES
 SD15_RECIPE = RECIPES / 'stable_diffusion_1.5_512.yaml'
 TOKENIZER_FILES = Path(__file__).resolve().parents[2] / 'scepter_core' / 'assets' / 'clip_tokenizer'
 

@@ -29,6 +29,14 @@ def lora_blocks(unet_rank: int = 4, text_rank: int = 2) -> list[dict]:
             {'NAME': 'SwiftLoRA', 'R': text_rank, 'LORA_ALPHA': 3, 'TARGET_MODULES': TEXT_TARGETS}]
 
 
+# Two runs of one model on the same values agree to rounding, not always to the bit: MKL's
+# sgemm picks its kernel by the buffers' memory alignment (its "conditional numerical
+# reproducibility"; MKL_CBWR=...,STRICT makes them equal), so a model whose allocations moved
+# (adapters added, a copy) may differ in the last bits of a product. Seen: 1.0e-6 on outputs
+# of size ~0.5 on an Intel Xeon; 10x that is still 100x below the 1e-3 an adapter moves them.
+ROUNDING_ATOL = 1e-5
+
+
 def fill_zero_tensors(model: torch.nn.Module) -> None:
     """The UNet's output layer starts at zero (as in LDM), which blocks every gradient and
     hides every layer from the output: give each all-zero parameter small random values."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures import SCEPTER_RECIPES
 from lora_helpers import TINY_MODEL, denoiser_output
 from PIL import Image
 from safetensors import safe_open
@@ -20,9 +21,7 @@ from scepter_core.tuners import load_adapter, tuner_state_dict
 from scepter_core.validate import validate_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
-# Scepter's own recipes, kept beside the checkout (../shared) or inside it (shared/)
-RECIPES = next((p for p in (ROOT / 'shared' / 'scepter-recipes', ROOT.parent / 'shared' / 'scepter-recipes')
-                if p.is_dir()), ROOT.parent / 'shared' / 'scepter-recipes')
+RECIPES = SCEPTER_RECIPES
 COLORS = {'red': (220, 30, 30), 'green': (30, 200, 40), 'blue': (30, 40, 220)}
 
 
