@@ -57,11 +57,25 @@ def test_truncated_or_garbage_files_are_named(tmp_path):
         load_state_dict(tmp_path / 'missing.ckpt')
 
 
-def test_save_copies_only_overlapping_tensors(tmp_path):
-    base = torch.randn(10)
-    save_state_dict({'all': base, 'head': base[:4], 'tail': base[5:]}, tmp_path / 'x.safetensors')
+def test_save_copies_only_overlapping_tensors(tmp_path, monkeypatch):
+    import safetensors.torch
+    written: dict[str, torch.Tensor] = {}
+    real = safetensors.torch.save_file
+
+    def save_file(tensors, *args, **kwargs):  # the real writer, seeing which buffers it is given
+        written.update(tensors)
+        return real(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, 'save_file', save_file)
+    tied, packed = torch.randn(10), torch.randn(10)
+    sd = {'all': tied, 'head': tied[:4], 'tail': tied[5:], 'left': packed[:4], 'right': packed[5:]}
+    save_state_dict(sd, tmp_path / 'x.safetensors')
     got = load_state_dict(tmp_path / 'x.safetensors')
-    assert torch.equal(got['head'], base[:4]) and torch.equal(got['tail'], base[5:])
+    assert set(got) == set(sd) and all(torch.equal(got[k], v) for k, v in sd.items())
+    # 'all' overlaps both of its views, so one copy of it is enough; the disjoint views of
+    # `packed` (and those of `tied`, once 'all' is copied) are written from where they lie
+    copied = {k for k, v in sd.items() if written[k].data_ptr() != v.data_ptr()}
+    assert copied == {'all'}
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -16,6 +16,20 @@ VAE = str(ROOT / 'examples' / 'tiny_shapes_vae.yaml')
 LDM = str(ROOT / 'examples' / 'tiny_shapes.yaml')
 LORA = str(ROOT / 'examples' / 'tiny_shapes_lora.yaml')
 VAE_STEPS, STEPS = 500, 1000  # stage 1, stage 2 (the example: 1500, 2000)
+LORA_STEPS = 600  # examples/tiny_shapes_lora.yaml's MAX_STEPS
+# Sized for the slowest machine of our kind, a 2-core Intel Xeon: stage 1 runs 7.6 it/s there
+# and stage 2 3.6 it/s unloaded. Timeouts allow a third of that (a machine shared with other
+# jobs) plus two minutes of start-up, evaluation and checkpoints.
+SLOWEST_RATE = {'vae': 7.6 / 3, 'ldm': 3.6 / 3}
+
+
+def _timeout(steps: int, stage: str) -> int:
+    return int(120 + steps / SLOWEST_RATE[stage])
+
+
+# Each test: the module's fixture (both stages and two tests, on the first) and its own runs.
+pytestmark = pytest.mark.timeout(_timeout(VAE_STEPS, 'vae') + _timeout(STEPS, 'ldm') + _timeout(LORA_STEPS, 'ldm')
+                                 + 4 * 300)
 
 
 def _test(work: Path, cfg: str, *extra: str, repeats: int = 2) -> dict:
@@ -34,11 +48,12 @@ def base(tmp_path_factory) -> dict:
     # The shortened first stage also sees diamonds, so that a short LoRA run can show the new
     # shape (the full example's first stage, 1500 steps, reproduces them without).
     run_cli('train', '--cfg', VAE, '--set', f'SOLVER.MAX_STEPS={VAE_STEPS}', '--set', f'SOLVER.TRAIN_HOOKS.2.INTERVAL={VAE_STEPS}',
-            '--set', 'SOLVER.TRAIN_DATA.SHAPES=[circle, square, triangle, diamond]', env=env)
+            '--set', 'SOLVER.TRAIN_DATA.SHAPES=[circle, square, triangle, diamond]', env=env,
+            timeout=_timeout(VAE_STEPS, 'vae'))
     untrained = _test(work, LDM)
     run_cli('train', '--cfg', LDM, '--set', f'SOLVER.MAX_STEPS={STEPS}', '--set', f'SOLVER.EVAL_INTERVAL={STEPS // 2}',
             '--set', f'SOLVER.TRAIN_HOOKS.2.VAL_INTERVAL={STEPS // 2}', '--set', f'SOLVER.TRAIN_HOOKS.3.PROB_INTERVAL={STEPS}',
-            '--set', f'SOLVER.TRAIN_HOOKS.4.INTERVAL={STEPS}', env=env)
+            '--set', f'SOLVER.TRAIN_HOOKS.4.INTERVAL={STEPS}', env=env, timeout=_timeout(STEPS, 'ldm'))
     trained = _test(work, LDM, '--pretrained-model', str(work / 'tiny_shapes'))
     return {'work': work, 'untrained': untrained, 'trained': trained}
 
@@ -82,7 +97,8 @@ def _denoising_loss(model, shapes: list[str], n: int = 96, draws: int = 3) -> fl
 def test_lora_variant_learns_a_new_shape_and_keeps_the_old(base: dict, monkeypatch):
     from scepter_core.inference import build_model
     work = base['work']
-    run_cli('train', '--cfg', LORA, '--set', 'SOLVER.EVAL_INTERVAL=0', env={'TINY_WORK_DIR': str(work)})
+    run_cli('train', '--cfg', LORA, '--set', 'SOLVER.EVAL_INTERVAL=0', '--set', f'SOLVER.MAX_STEPS={LORA_STEPS}',
+            env={'TINY_WORK_DIR': str(work)}, timeout=_timeout(LORA_STEPS, 'ldm'))
     lora_run = str(work / 'tiny_shapes_lora')
     # Learnt: the denoising loss on diamonds, which the base never saw, falls with the adapters
     # (this shortened base: 0.063 -> 0.055; on the full example 0.046 -> 0.027) while the old

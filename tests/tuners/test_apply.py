@@ -91,7 +91,18 @@ def test_bias_lora_only_trains_the_biases_of_adapted_layers(tiny_model):
 
 def test_dora_adds_trainable_magnitudes(tiny_model):
     model = apply_tuners(tiny_model, [{'NAME': 'LoRA', 'R': 2, 'USE_DORA': True, 'TARGET_MODULES': TEXT_TARGETS}])
-    assert sum('.lora_magnitude_vector.' in k for k in tuner_state_dict(model)) == 6
+    magnitudes = {k: v for k, v in model.named_parameters() if '.lora_magnitude_vector.' in k}
+    assert len(magnitudes) == 6 and all(v.requires_grad for v in magnitudes.values())
+    assert set(magnitudes) <= set(tuner_state_dict(model))
+    # one optimizer step moves every magnitude vector
+    before = {k: v.detach().clone() for k, v in magnitudes.items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    model.train()
+    torch.manual_seed(0)
+    model(image=torch.randn(2, 3, 16, 16), prompt=['a red circle', 'a blue square'])['loss'].backward()
+    optimizer.step()
+    moved = {k for k, v in magnitudes.items() if (v.detach() - before[k]).abs().max() > 1e-6}
+    assert moved == set(magnitudes)
 
 
 def test_a_list_of_names_is_accepted_and_the_ema_copy_is_never_adapted(tiny_model):
