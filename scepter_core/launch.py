@@ -34,7 +34,7 @@ from .config import Config
 from .dist import init_process_group, leave_process_group, uses_cuda
 from .errors import ConfigError, ScepterError
 from .imports import LOADED, import_user_code
-from .worker import build_solver, run_worker  # noqa: F401  (build_solver: public here too)
+from .worker import run_worker
 
 TORCHRUN_VARS = ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
 # Errors a worker raises only because another worker went away first.

@@ -8,8 +8,8 @@ from .config import Config
 from .env import we
 from .fs import FS
 from .logs import setup_logging
-from .params import honours_recipe_strict, prepare_config
-from .registry import SOLVERS
+from .params import honours_recipe_strict
+from .registry import SOLVERS, prepare_config
 
 
 @honours_recipe_strict  # the recipe's top-level STRICT applies to every build below
