@@ -13,6 +13,7 @@ from .errors import ConfigError
 from .imports import import_user_code
 from .models.base import device_autocast
 from .registry import MODELS
+from .sample_args import sample_kwargs
 from .utils.images import make_grid, save_png
 
 SD15_RECIPE = Path(__file__).parent / 'assets' / 'sd15_inference.yaml'
@@ -119,7 +120,6 @@ def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: s
                     lora: list[str] = (), sample_overrides: dict[str, Any] | None = None,
                     logger: logging.Logger | None = None) -> tuple[list[Path], Path]:
     """Sample one image per prompt; write `NNNNN.png` files and `grid.png` into out_dir."""
-    from .solvers.latent_diffusion import sample_kwargs
     logger = logger or logging.getLogger('scepter')
     model, cfg = build_model(pretrained_model, cfg_path, overrides, imports, logger)
     if lora:
