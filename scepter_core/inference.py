@@ -51,9 +51,10 @@ def adapter_checkpoint(path: str) -> str | None:
     """The weights file of a LoRA run's checkpoint or of a LoRA file (`path`: a file, work
     dir, step dir or `latest` pointer), or None when `path` holds whole-model weights."""
     from .checkpoint import SAFETENSORS_SUFFIXES
+    from .fs import is_uri
     from .tuners import lora_file_format
     weights = resolve_weights(path)
-    if '://' in weights or not weights.endswith(SAFETENSORS_SUFFIXES) or not Path(weights).is_file():
+    if is_uri(weights) or not weights.endswith(SAFETENSORS_SUFFIXES) or not Path(weights).is_file():
         return None
     return weights if lora_file_format(weights) else None
 
