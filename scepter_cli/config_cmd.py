@@ -19,7 +19,7 @@ def template(name: str = typer.Argument(..., help='Registered class, e.g. Frozen
 
     Example: [cyan]scepter config template FrozenCLIPEmbedder[/cyan]
     """
-    from scepter_core.base import config_template
+    from scepter_core.templates import config_template
     from scepter_core.imports import import_user_code
     from scepter_core.registry import find_class
     import_user_code(list(imports or []))

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from scepter_core.sample_args import BY_KEY as SAMPLE_ARGS
 
 from .common import ImportOpt, SetOpt, console, load_config
 
@@ -83,36 +84,45 @@ def test(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file with TEST
     console.print(f'[green]done[/green]: images, grid.png and metrics.json in {out}')
 
 
+def _sample_opt(key: str, default: Any = None) -> Any:
+    """The `scepter infer` option of a sampling argument, spelled as scepter_core.sample_args declares it."""
+    arg = SAMPLE_ARGS[key]
+    return typer.Option(default, *arg.flags, help=arg.description)
+
+
 def infer(prompt: list[str] = typer.Option(..., '--prompt', '-p', help='Prompt (repeatable).'),
-          n_prompt: Optional[str] = typer.Option(None, '--n-prompt', '--n_prompt', help='Negative prompt.'),
+          n_prompt: Optional[str] = _sample_opt('N_PROMPT'),
           num_samples: int = typer.Option(1, '--num-samples', '--num_samples', help='Images per prompt.'),
           pretrained_model: Optional[str] = typer.Option(None, '--pretrained-model', '--pretrained_model',
                                                          help='Our checkpoint (a LoRA run: its base model and '
                                                               'adapters), an SD single file or a diffusers folder.'),
           cfg: Optional[str] = typer.Option(None, '--cfg', '-c', help='Recipe; found next to the checkpoint when omitted.'),
-          sampler: Optional[str] = typer.Option(None, '--sampler', help='ddim, euler, dpmpp_2m_karras, ...'),
-          steps: Optional[int] = typer.Option(None, '--steps', '--sample_steps', '--sample-steps', help='Sampling steps.'),
-          seed: Optional[int] = typer.Option(None, '--seed', help='Seed (-1: random).'),
-          guide_scale: Optional[float] = typer.Option(None, '--guide-scale', '--guide_scale', help='CFG scale.'),
-          guide_rescale: Optional[float] = typer.Option(None, '--guide-rescale', '--guide_rescale', help='CFG rescale.'),
-          discretization: Optional[str] = typer.Option(None, '--discretization', help='leading | linspace | trailing.'),
-          size: Optional[tuple[int, int]] = typer.Option(None, '--size', help='Height and width in pixels.'),
+          sampler: Optional[str] = _sample_opt('SAMPLER'),
+          sample_steps: Optional[int] = _sample_opt('SAMPLE_STEPS'),
+          seed: Optional[int] = _sample_opt('SEED'),
+          guide_scale: Optional[float] = _sample_opt('GUIDE_SCALE'),
+          guide_rescale: Optional[float] = _sample_opt('GUIDE_RESCALE'),
+          discretization: Optional[str] = _sample_opt('DISCRETIZATION'),
+          image_size: Optional[tuple[int, int]] = _sample_opt('IMAGE_SIZE'),
           lora: Optional[list[str]] = typer.Option(None, '--lora', help='LoRA file[:scale] (repeatable).'),
-          cuda_graph: bool = typer.Option(False, '--cuda-graph', help='On CUDA: replay each UNet step from a '
-                                                                      'captured graph (faster at small batches).'),
+          cuda_graph: bool = _sample_opt('CUDA_GRAPH', False),
           out: str = typer.Option('outputs', '--out', '-o', help='Output directory.'),
           overrides: Optional[list[str]] = SetOpt, imports: Optional[list[str]] = ImportOpt) -> None:
     """Generate images from prompts. Builds only the model, never the training data.
 
+    Sampling options left out take the recipe's SOLVER.SAMPLE_ARGS.
+
     Example: [cyan]scepter infer --pretrained-model work_dirs/tiny_shapes/checkpoints/latest --prompt "a red circle on a white background" --num-samples 4[/cyan]
     """
+    given = locals()  # the sampling options are named after their forward_test keywords
     from scepter_core.inference import generate_images
+    sample = {a.key: given[a.kwarg] for a in SAMPLE_ARGS.values() if a.flags}
+    sample['IMAGE_SIZE'] = list(image_size) if image_size else None
+    sample['CUDA_GRAPH'] = cuda_graph or None  # an unset flag leaves the recipe's choice
     paths, grid = generate_images(
-        prompts=[p for p in prompt for _ in range(num_samples)], n_prompt=n_prompt, pretrained_model=pretrained_model,
+        prompts=[p for p in prompt for _ in range(num_samples)], pretrained_model=pretrained_model,
         cfg_path=cfg, overrides=overrides or [], imports=imports or [], lora=lora or [], out_dir=out,
-        sample_overrides={'SAMPLER': sampler, 'SAMPLE_STEPS': steps, 'SEED': seed, 'GUIDE_SCALE': guide_scale,
-                          'GUIDE_RESCALE': guide_rescale, 'DISCRETIZATION': discretization,
-                          'IMAGE_SIZE': list(size) if size else None, 'CUDA_GRAPH': cuda_graph or None})
+        sample_overrides=sample)
     for p in paths:
         console.print(f'  {p}')
     console.print(f'[green]done[/green]: {len(paths)} images and the grid {grid}')

@@ -16,7 +16,7 @@ from .registry import (BACKBONES, DATASETS, DIFFUSION_SAMPLERS, DIFFUSIONS, EMBE
 __version__ = '0.1.0'
 
 _LAZY = {
-    'dict_to_yaml': 'scepter_core.base', 'BaseObject': 'scepter_core.base',
+    'dict_to_yaml': 'scepter_core.templates', 'BaseObject': 'scepter_core.base',
     'get_logger': 'scepter_core.base',
     'we': 'scepter_core.env', 'FS': 'scepter_core.fs',
     'TrainModule': 'scepter_core.models.base', 'BaseModel': 'scepter_core.models.base',

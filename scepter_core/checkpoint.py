@@ -156,14 +156,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+def fsync_dir(folder: Path) -> None:
+    """Make a rename into `folder` durable (POSIX); a no-op where directories cannot be opened."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -177,9 +177,10 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                    metadata: Mapping[str, str] | None = None) -> None:
-    """Write `sd` as safetensors, atomically. Strided tensors are made contiguous and
-    overlapping ones (tied weights) copied; disjoint views of one buffer are written as-is."""
+                    metadata: Mapping[str, str] | None = None, atomic: bool = True) -> None:
+    """The one safetensors writer: `sd` to `path`, atomically unless the caller renames a whole
+    directory itself (`atomic=False`). Strided tensors are made contiguous and overlapping ones
+    (tied weights) copied; disjoint views of one buffer are written as-is."""
     from safetensors.torch import save_file
     tensors = {k: v.detach().contiguous() for k, v in sd.items()}
     spans = sorted((v.data_ptr(), v.data_ptr() + v.numel() * v.element_size(), k)
@@ -191,7 +192,10 @@ def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
         else:
             stop = end
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta or None))
+    if atomic:
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta or None))
+    else:
+        save_file(tensors, str(path), metadata=meta or None)
 
 
 def save_pickle_checkpoint(sd: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:

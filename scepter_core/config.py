@@ -1,6 +1,6 @@
 """Config: YAML/JSON loading with `_BASE` inheritance, `${ENV}` substitution,
-dotted overrides and YAML dumping. Validation against declared parameters lives
-in `params.py`; this module knows nothing about classes."""
+dotted overrides and YAML dumping. Declared parameters live in `params.py` and
+validation against them in `registry.py`; this module knows nothing about classes."""
 from __future__ import annotations
 
 import copy

@@ -1,16 +1,60 @@
-"""Collective helpers for code that runs the same in one process and in many: each is a
-no-op (or the obvious single-process answer) when torch.distributed is not initialized."""
+"""The process group and collective helpers for code that runs the same in one process and
+in many: each helper is a no-op (or the obvious single-process answer) when torch.distributed
+is not initialized. Sits above env.py; parallel.py and launch.py build on it."""
 from __future__ import annotations
 
+import datetime
 import io
+import os
 from typing import Any, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from .config import Config
 from .env import we
 
 T = TypeVar('T')
+
+
+# ---- the process group ------------------------------------------------------------------
+def uses_cuda(env: Config) -> bool:
+    """Whether the recipe's ENV block (or its absence) puts the workers on CUDA."""
+    device = env.get('DEVICE')
+    return torch.cuda.is_available() and (not device or str(device).startswith('cuda'))
+
+
+def backend_for(env: Config) -> str:
+    """ENV.BACKEND, else nccl with CUDA and gloo otherwise; nccl without CUDA becomes gloo."""
+    wanted = env.get('BACKEND')
+    if wanted == 'nccl' and not uses_cuda(env):
+        return 'gloo'
+    return wanted or ('nccl' if uses_cuda(env) else 'gloo')
+
+
+def init_process_group(env: Config) -> None:
+    """Join the group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, with
+    ENV.TIMEOUT_MINUTES as the timeout of every collective."""
+    backend = backend_for(env)
+    kwargs: dict[str, Any] = {}
+    if uses_cuda(env):
+        local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        torch.cuda.set_device(local_rank)
+        if backend == 'nccl':
+            kwargs['device_id'] = torch.device('cuda', local_rank)
+    minutes = float(env.get('TIMEOUT_MINUTES') or 30)
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=minutes), **kwargs)
+
+
+def leave_process_group(ok: bool) -> None:
+    """Destroy the group; after a success, wait for every rank first."""
+    if dist.is_initialized():
+        if ok:  # nobody leaves while another rank still expects it in a collective
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+# ---- collectives ------------------------------------------------------------------------
 
 
 def barrier() -> None:

@@ -1,9 +1,11 @@
-"""`we`: the work environment of this process (rank, world, device, seed)."""
+"""`we`: the work environment of this process (rank, world, device, seed).
+
+The bottom of the process layers: env <- dist (process group, collectives) <- parallel
+(DDP/FSDP wrapping) <- launch (starting workers). Nothing here imports another core module."""
 from __future__ import annotations
 
 import os
 import random
-from typing import Any
 
 import numpy as np
 import torch
@@ -14,10 +16,7 @@ class WorkEnv:
 
     def __init__(self) -> None:
         self.seed: int = 2023
-        self.launcher: str = 'spawn'
-        self.backend: str | None = None
         self._device_override: str | None = None
-        self.cfg: Any = None
 
     # ---- ranks -------------------------------------------------------------------
     @property
@@ -75,13 +74,6 @@ class WorkEnv:
         np.random.seed(s % (2 ** 32))
         torch.manual_seed(s)
         return s
-
-    # ---- launching -----------------------------------------------------------------
-    def init_env(self, cfg: Any, fn: Any = None, mode: str = 'train') -> Any:
-        """Scepter's entry: start the workers cfg.ENV asks for and run `fn(cfg)` in each
-        (default: build cfg.SOLVER and solve). See scepter_core/launch.py."""
-        from .launch import launch
-        return launch(cfg, mode=mode, fn=fn)
 
     def __repr__(self) -> str:
         return (f'WorkEnv(rank={self.rank}, local_rank={self.local_rank}, world_size={self.world_size}, '

@@ -42,8 +42,13 @@ def mirror_dir() -> Path:
     return Path(os.environ.get('SCEPTER_MIRROR', cache_dir() / 'mirror'))
 
 
+def is_uri(path: str | os.PathLike) -> bool:
+    """True for `PROTOCOL://...` (hub, remote or file URIs), False for plain local paths."""
+    return '://' in str(path)
+
+
 def _protocol(path: str) -> str:
-    return path.split('://', 1)[0] if '://' in path else 'file'
+    return path.split('://', 1)[0] if is_uri(path) else 'file'
 
 
 def _file_mode(path: str) -> int:
@@ -86,6 +91,12 @@ class FileSystem:
         if _protocol(path) == 'file':
             return path[len('file://'):] if path.startswith('file://') else path
         return None
+
+    def local_path(self, path: str | os.PathLike) -> Path:
+        """Where `path` is on this machine: a plain path as given (`~` expanded), a hub URI in
+        its mirror, any other URI fetched into the cache. A URI that cannot be had raises
+        FileNotAvailable (naming where to place a hub file); a plain path is not checked."""
+        return Path(self.get_from(str(path))) if is_uri(path) else Path(path).expanduser()
 
     # ---- reading -------------------------------------------------------------------
     def get_from(self, path: str, local_path: str | None = None, wait_finish: bool = True) -> LocalPath:

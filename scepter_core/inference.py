@@ -13,6 +13,7 @@ from .errors import ConfigError
 from .imports import import_user_code
 from .models.base import device_autocast
 from .registry import MODELS
+from .sample_args import sample_kwargs
 from .utils.images import make_grid, save_png
 
 SD15_RECIPE = Path(__file__).parent / 'assets' / 'sd15_inference.yaml'
@@ -50,9 +51,10 @@ def adapter_checkpoint(path: str) -> str | None:
     """The weights file of a LoRA run's checkpoint or of a LoRA file (`path`: a file, work
     dir, step dir or `latest` pointer), or None when `path` holds whole-model weights."""
     from .checkpoint import SAFETENSORS_SUFFIXES
+    from .fs import is_uri
     from .tuners import lora_file_format
     weights = resolve_weights(path)
-    if '://' in weights or not weights.endswith(SAFETENSORS_SUFFIXES) or not Path(weights).is_file():
+    if is_uri(weights) or not weights.endswith(SAFETENSORS_SUFFIXES) or not Path(weights).is_file():
         return None
     return weights if lora_file_format(weights) else None
 
@@ -119,7 +121,6 @@ def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: s
                     lora: list[str] = (), sample_overrides: dict[str, Any] | None = None,
                     logger: logging.Logger | None = None) -> tuple[list[Path], Path]:
     """Sample one image per prompt; write `NNNNN.png` files and `grid.png` into out_dir."""
-    from .solvers.latent_diffusion import sample_kwargs
     logger = logger or logging.getLogger('scepter')
     model, cfg = build_model(pretrained_model, cfg_path, overrides, imports, logger)
     if lora:

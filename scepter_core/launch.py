@@ -9,12 +9,14 @@ inside a torch.distributed process group whenever there is more than one process
   MASTER_ADDR and MASTER_PORT; without them the command runs as one process.
 - ENV.USE_PL: a Lightning Trainer runs the solver (lightning_runner.py).
 
+The top of the process layers: launch -> worker (build and run the solver), dist (the
+process group), env. Wrapping a model in DDP/FSDP is parallel.py's, called by the solver.
+
 A failing worker ends the job: the spawn parent stops the other workers and raises an
 error naming the failing rank; under torchrun the worker names its rank and torchrun
 stops the others."""
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import os
@@ -27,13 +29,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 
 from .config import Config
-from .env import we
+from .dist import init_process_group, leave_process_group, uses_cuda
 from .errors import ConfigError, ScepterError
-from .logs import setup_logging
-from .params import honours_recipe_strict
+from .imports import LOADED, import_user_code
+from .worker import run_worker
 
 TORCHRUN_VARS = ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
 # Errors a worker raises only because another worker went away first.
@@ -48,79 +49,9 @@ class WorkerError(ScepterError):
         self.exit_code = exit_code
 
 
-# ---- the process group ------------------------------------------------------------------
+# ---- one worker in its group -----------------------------------------------------------------
 def _env_block(cfg: Config) -> Config:
     return cfg.get('ENV') or Config()
-
-
-def uses_cuda(env: Config) -> bool:
-    device = env.get('DEVICE')
-    return torch.cuda.is_available() and (not device or str(device).startswith('cuda'))
-
-
-def backend_for(env: Config) -> str:
-    """ENV.BACKEND, else nccl with CUDA and gloo otherwise; nccl without CUDA becomes gloo."""
-    wanted = env.get('BACKEND')
-    if wanted == 'nccl' and not uses_cuda(env):
-        return 'gloo'
-    return wanted or ('nccl' if uses_cuda(env) else 'gloo')
-
-
-def init_process_group(env: Config) -> None:
-    """Join the group described by RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, with
-    ENV.TIMEOUT_MINUTES as the timeout of every collective."""
-    backend = backend_for(env)
-    kwargs: dict[str, Any] = {}
-    if uses_cuda(env):
-        local_rank = int(os.environ.get('LOCAL_RANK', 0))
-        torch.cuda.set_device(local_rank)
-        if backend == 'nccl':
-            kwargs['device_id'] = torch.device('cuda', local_rank)
-    minutes = float(env.get('TIMEOUT_MINUTES') or 30)
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=minutes), **kwargs)
-    we.backend = backend
-
-
-def _leave_process_group(ok: bool) -> None:
-    if dist.is_initialized():
-        if ok:  # nobody leaves while another rank still expects it in a collective
-            dist.barrier()
-        dist.destroy_process_group()
-
-
-# ---- one worker -----------------------------------------------------------------------------
-@honours_recipe_strict  # the recipe's top-level STRICT applies to every build below
-def build_solver(cfg: Config, mode: str = 'train', wrap_model: bool = True) -> Any:
-    """Build cfg.SOLVER in this process and set it up (data, model, optimizer, hooks, resume).
-    `wrap_model=False` leaves DDP to someone else (the Lightning runner)."""
-    from .fs import FS
-    from .params import prepare_config
-    from .registry import SOLVERS
-    env = _env_block(cfg)
-    if env.get('DEVICE'):
-        we.set_device(env.DEVICE)
-    prepare_config(SOLVERS.get(cfg.SOLVER.NAME), cfg.SOLVER, 'SOLVER')  # defaults: WORK_DIR, LOG_FILE, SEED
-    logger = setup_logging(cfg.SOLVER.WORK_DIR, cfg.SOLVER.LOG_FILE, we.rank)
-    we.seed_all(cfg.SOLVER.SEED)
-    if cfg.SOLVER.get('FILE_SYSTEM'):
-        FS.init_fs_client(cfg.SOLVER.FILE_SYSTEM)
-    solver = SOLVERS.build(cfg.SOLVER, logger=logger, mode=mode)
-    solver.cfg_root = cfg
-    solver.wrap_model = wrap_model
-    solver.set_up()
-    return solver
-
-
-@honours_recipe_strict
-def run_worker(cfg: Config, mode: str = 'train') -> Any:
-    """Build the solver from cfg.SOLVER and run it in this process."""
-    solver = build_solver(cfg, mode)
-    solver.solve()
-    return solver
-
-
-def _default_fn(mode: str) -> Callable[[Config], Any]:
-    return functools.partial(run_worker, mode=mode)
 
 
 def _run_in_group(cfg: Config, fn: Callable[[Config], Any]) -> Any:
@@ -131,7 +62,7 @@ def _run_in_group(cfg: Config, fn: Callable[[Config], Any]) -> Any:
         ok = True
         return out
     finally:
-        _leave_process_group(ok)
+        leave_process_group(ok)
 
 
 # ---- torchrun -------------------------------------------------------------------------------
@@ -183,7 +114,6 @@ def _spawned(local_rank: int, cfg: Config, fn: Callable[[Config], Any], nprocs: 
         from .data.loader import usable_cores  # CPU workers share the cores instead of each taking all
         torch.set_num_threads(max(1, usable_cores() // nprocs))
     try:
-        from .imports import import_user_code
         import_user_code(user_code)  # classes the parent registered through --import / IMPORTS
         _run_in_group(cfg, fn)
     except Exception as e:
@@ -225,7 +155,6 @@ def _run_spawn(cfg: Config, fn: Callable[[Config], Any]) -> Any:
     os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
     os.environ.setdefault('MASTER_PORT', str(_free_port()))
     import torch.multiprocessing as mp
-    from .imports import LOADED
     with tempfile.TemporaryDirectory(prefix='scepter-workers-') as report_dir:
         context = mp.start_processes(_spawned, nprocs=nprocs, join=False, start_method='spawn',
                                      args=(cfg, fn, nprocs, node_rank, nnodes, report_dir, list(LOADED)))
@@ -254,18 +183,8 @@ def launch(cfg: Config, mode: str = 'train', fn: Callable[[Config], Any] | None 
     if env.get('USE_PL') and mode == 'train' and fn is None:
         from .lightning_runner import run_lightning
         return run_lightning(cfg)
-    fn = fn or _default_fn(mode)
+    fn = fn or functools.partial(run_worker, mode=mode)
     if env.get('LAUNCHER') == 'torchrun' or under_torchrun():
         return _run_torchrun(cfg, fn)
     return _run_spawn(cfg, fn)
 
-
-def wrap_distributed(model: torch.nn.Module, cfg: Config, logger: Any) -> torch.nn.Module:
-    """DDP (or FSDP with USE_FSDP) around a model that has trainable parameters."""
-    if cfg.get('USE_FSDP'):
-        from .fsdp import wrap_fsdp
-        return wrap_fsdp(model, cfg, logger)
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    ids = [we.device.index] if we.device.type == 'cuda' else None
-    # gradients as views of DDP's buckets: no copy, and no layout warnings for channels-last grads
-    return DDP(model, device_ids=ids, gradient_as_bucket_view=True)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .config import Config
-from .params import check_config
+from .registry import check_config
 
 
 class EnvSettings:

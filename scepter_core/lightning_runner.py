@@ -44,7 +44,7 @@ class SolverModule(pl.LightningModule if pl else object):
         self._fetch_started = 0.0
 
     def setup(self, stage: str) -> None:
-        from .launch import build_solver
+        from .worker import build_solver
         # The process group exists now; Lightning (not the solver) wraps the model in DDP.
         self.solver = build_solver(self.recipe, 'train', wrap_model=False)
         self.net = self.solver.model
@@ -90,7 +90,7 @@ def run_lightning(cfg: Config) -> Any:
     if pl is None:
         raise ConfigError("ENV.USE_PL: Lightning is not installed; pip install 'scepter-forge[lightning]' "
                           "(or set ENV.USE_PL to false)")
-    from .launch import backend_for, uses_cuda
+    from .dist import backend_for, uses_cuda
     if cfg.SOLVER.get('USE_FSDP'):
         raise ConfigError("'SOLVER.USE_FSDP' does not combine with ENV.USE_PL (Lightning wraps the model in DDP); "
                           "use the spawn or torchrun launcher for FSDP")

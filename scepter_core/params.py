@@ -1,5 +1,7 @@
 """Declared parameters (`para_dict`): one declaration per class fills defaults,
 validates user configs and generates templates, so a default lives in one place.
+This module reads declarations and checks one value against one; checking whole blocks
+(nested ones through the registries) is `registry.check_config`, the path build takes.
 
 An entry is `KEY: {'value': default, 'description': str}` with optional
 `'type'` (a type or tuple; otherwise inferred from a non-None default),
@@ -11,13 +13,12 @@ import contextlib
 import contextvars
 import copy
 import functools
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 from .config import Config
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError
 
 ALWAYS_ALLOWED = ('NAME',)
 _TYPE_NAMES = {bool: 'bool', int: 'int', float: 'float', str: 'str', list: 'list', dict: 'block'}
@@ -53,7 +54,8 @@ class Param:
         return ' | '.join(_TYPE_NAMES.get(x, getattr(x, '__name__', str(x))) for x in ts)
 
 
-def _as_param(entry: Any) -> Param:
+def as_param(entry: Any) -> Param:
+    """A para_dict entry (raw dict, bare default or Param) as a Param."""
     if isinstance(entry, Param):
         return entry
     if isinstance(entry, dict) and ('value' in entry or 'description' in entry):
@@ -75,7 +77,7 @@ def declared_params(cls: type) -> dict[str, Param]:
                     all(isinstance(v, dict) for v in next(iter(own.values())).values()):
                 own = next(iter(own.values()))
             for k, v in own.items():
-                out[k] = _as_param(v)
+                out[k] = as_param(v)
     return out
 
 
@@ -133,81 +135,18 @@ def _type_ok(value: Any, p: Param) -> bool:
     return isinstance(value, p.types)
 
 
+def value_problem(p: Param, value: Any, kpath: str) -> str | None:
+    """The one-line problem with `value` for the declared parameter `p`, or None."""
+    if not _type_ok(value, p):
+        return f"'{kpath}': expected {p.type_name()}, got {type(value).__name__} {value!r}"
+    if p.choices and value is not None and value not in p.choices:
+        return f"'{kpath}': {value!r} is not one of {', '.join(map(repr, p.choices))}"
+    return None
+
+
 def fill_defaults(cls: type, cfg: Config) -> Config:
     """Fill missing keys in place from the class's declaration."""
     for key, p in declared_params(cls).items():
         if key not in cfg:
             cfg[key] = copy.deepcopy(p.default)
     return cfg
-
-
-def check_config(cls: type, cfg: Config, path: str = '', strict: bool | None = None,
-                 logger: logging.Logger | None = None) -> list[str]:
-    """Problems with `cfg` against `cls`'s declaration, one line each (nothing is built).
-    `path` (default: the block's own `cfg.path`) prefixes every key in the messages."""
-    strict = strict_default() if strict is None else strict
-    params = declared_params(cls)
-    path = path or getattr(cfg, 'path', '')
-    problems: list[str] = []
-    unknown_ok = not getattr(cls, 'strict_keys', True)
-    for key, value in cfg.items():
-        kpath = f'{path}.{key}' if path else str(key)
-        if key in ALWAYS_ALLOWED or str(key).startswith('_'):
-            continue
-        if key not in params:
-            if unknown_ok:
-                continue
-            msg = (f"'{kpath}': unknown key for {cls.__name__}." + did_you_mean(str(key), params) +
-                   f" Valid keys: {', '.join(sorted(params)) or 'none'}")
-            if strict:
-                problems.append(msg)
-            else:
-                (logger or logging.getLogger('scepter')).warning('%s (ignored: STRICT is off)', msg)
-            continue
-        p = params[key]
-        if not _type_ok(value, p):
-            problems.append(f"'{kpath}': expected {p.type_name()}, got {type(value).__name__} {value!r}")
-            continue
-        if p.choices and value is not None and value not in p.choices:
-            problems.append(f"'{kpath}': {value!r} is not one of {', '.join(map(repr, p.choices))}")
-        if p.registry and value:
-            problems += check_blocks(p.registry, value, kpath, strict, logger)
-    return problems
-
-
-def check_blocks(registry_name: str, value: Any, path: str, strict: bool | None = None,
-                 logger: logging.Logger | None = None) -> list[str]:
-    """Validate a block or a list of blocks of `registry_name`, recursively."""
-    from .registry import REGISTRIES
-    reg = REGISTRIES[registry_name]
-    blocks = value if isinstance(value, list) else [value]
-    problems: list[str] = []
-    for i, block in enumerate(blocks):
-        bpath = f'{path}.{i}' if isinstance(value, list) else path
-        if isinstance(block, str):  # some keys accept a path instead of a block (e.g. a trained tuner)
-            continue
-        if not isinstance(block, dict):
-            problems.append(f"'{bpath}': expected a block with NAME, got {type(block).__name__} {block!r}")
-            continue
-        if 'NAME' not in block:
-            problems.append(f"'{bpath}': block has no NAME ({registry_name} entries: "
-                            f"{', '.join(sorted(reg.names())[:8])}...)")
-            continue
-        try:
-            target = reg.get(block['NAME'])
-        except ConfigError as e:
-            problems.append(f"'{bpath}.NAME': {e}")
-            continue
-        if isinstance(target, type):
-            problems += check_config(target, block, bpath, strict, logger)
-    return problems
-
-
-def prepare_config(cls: type, cfg: Config | dict, path: str = '', strict: bool | None = None,
-                   logger: logging.Logger | None = None) -> Config:
-    """Validate then fill defaults; raise one ConfigError listing every problem."""
-    cfg = cfg if isinstance(cfg, Config) else Config(cfg)
-    problems = check_config(cls, cfg, path, strict, logger)
-    if problems:
-        raise ConfigError('\n'.join(problems))
-    return fill_defaults(cls, cfg)

@@ -1,14 +1,17 @@
-"""Registries and the single build function. Every registry is declared here."""
+"""Registries, block validation and the single build function. Every registry is declared here.
+
+Layering: params (declarations) <- registry (lookup, validate, build) <- base (the constructor
+shape), templates, validate (whole recipes)."""
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 from typing import Any, Callable, Iterator, Mapping
 
-from .base import Configurable
 from .config import Config
 from .errors import BuildError, ConfigError, RegistryError, ScepterError, did_you_mean
-from .params import prepare_config
+from .params import ALWAYS_ALLOWED, declared_params, fill_defaults, strict_default, value_problem
 
 
 def _origin(obj: Any) -> str:
@@ -104,6 +107,85 @@ class Registry:
         return f'Registry({self.name}, {len(self._items)} entries)'
 
 
+# ---- validation: one path, used by build and by classes constructed directly ----------------
+def check_config(cls: type, cfg: Config, path: str = '', strict: bool | None = None,
+                 logger: logging.Logger | None = None) -> list[str]:
+    """Problems with `cfg` against `cls`'s declaration, nested blocks included, one line each
+    (nothing is built). `path` (default: the block's own `cfg.path`) prefixes every key."""
+    strict = strict_default() if strict is None else strict
+    params = declared_params(cls)
+    path = path or getattr(cfg, 'path', '')
+    problems: list[str] = []
+    for key, value in cfg.items():
+        kpath = f'{path}.{key}' if path else str(key)
+        if key in ALWAYS_ALLOWED or str(key).startswith('_'):
+            continue
+        if key not in params:
+            if getattr(cls, 'strict_keys', True):
+                msg = (f"'{kpath}': unknown key for {cls.__name__}." + did_you_mean(str(key), params) +
+                       f" Valid keys: {', '.join(sorted(params)) or 'none'}")
+                if strict:
+                    problems.append(msg)
+                else:
+                    (logger or logging.getLogger('scepter')).warning('%s (ignored: STRICT is off)', msg)
+            continue
+        p = params[key]
+        problem = value_problem(p, value, kpath)
+        if problem:
+            problems.append(problem)
+        elif p.registry and value:
+            problems += check_blocks(p.registry, value, kpath, strict, logger)
+    return problems
+
+
+def check_blocks(registry_name: str, value: Any, path: str, strict: bool | None = None,
+                 logger: logging.Logger | None = None) -> list[str]:
+    """Validate a block or a list of blocks of `registry_name`, recursively."""
+    reg = REGISTRIES[registry_name]
+    blocks = value if isinstance(value, list) else [value]
+    problems: list[str] = []
+    for i, block in enumerate(blocks):
+        bpath = f'{path}.{i}' if isinstance(value, list) else path
+        if isinstance(block, str):  # some keys accept a path instead of a block (e.g. a trained tuner)
+            continue
+        if not isinstance(block, dict):
+            problems.append(f"'{bpath}': expected a block with NAME, got {type(block).__name__} {block!r}")
+            continue
+        if 'NAME' not in block:
+            problems.append(f"'{bpath}': block has no NAME ({registry_name} entries: "
+                            f"{', '.join(sorted(reg.names())[:8])}...)")
+            continue
+        try:
+            target = reg.get(block['NAME'])
+        except ConfigError as e:
+            problems.append(f"'{bpath}.NAME': {e}")
+            continue
+        if isinstance(target, type):
+            problems += check_config(target, block, bpath, strict, logger)
+    return problems
+
+
+def prepare_config(cls: type, cfg: Config | dict, path: str = '', strict: bool | None = None,
+                   logger: logging.Logger | None = None) -> Config:
+    """Validate then fill defaults; raise one ConfigError listing every problem."""
+    cfg = cfg if isinstance(cfg, Config) else Config(cfg)
+    problems = check_config(cls, cfg, path, strict, logger)
+    if problems:
+        raise ConfigError('\n'.join(problems))
+    return fill_defaults(cls, cfg)
+
+
+# (class, id(cfg)) of the block `build` has just prepared and is constructing, so that a
+# class which also prepares its cfg when constructed directly does not check it twice.
+_BUILDING: contextvars.ContextVar[tuple[type, int] | None] = contextvars.ContextVar('scepter_building',
+                                                                                    default=None)
+
+
+def prepared_by_build(cls: type, cfg: Config) -> bool:
+    """True inside `build` for the very block it prepared for `cls`."""
+    return _BUILDING.get() == (cls, id(cfg))
+
+
 def build(registry: Registry, cfg: Config | dict | None, logger: logging.Logger | None = None,
           **kwargs: Any) -> Any:
     """Resolve `cfg.NAME`, validate and fill defaults, then call `Class(cfg, logger=logger, **kwargs)`.
@@ -120,10 +202,10 @@ def build(registry: Registry, cfg: Config | dict | None, logger: logging.Logger 
         target = registry.get(cfg.NAME)
     except RegistryError as e:
         raise RegistryError(f"'{where}.NAME': {e}") from None
-    # Configurable classes validate and fill their own cfg on construction (also when
-    # built directly); other classes get the same treatment here.
-    if inspect.isclass(target) and not issubclass(target, Configurable):
+    token = None
+    if inspect.isclass(target):
         prepare_config(target, cfg, cfg.path, logger=logger)
+        token = _BUILDING.set((target, id(cfg)))
     try:
         return target(cfg, logger=logger, **kwargs)
     except ScepterError:
@@ -131,6 +213,9 @@ def build(registry: Registry, cfg: Config | dict | None, logger: logging.Logger 
     except Exception as e:
         raise BuildError(f"'{where}': building {registry.name} {cfg.NAME} ({_origin(target)}) failed: "
                          f"{type(e).__name__}: {e}") from e
+    finally:
+        if token is not None:
+            _BUILDING.reset(token)
 
 
 MODELS = Registry('MODELS')

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from .config import Config
 from .errors import ConfigError
-from .params import check_blocks, recipe_strict, strict_mode
+from .launch_config import check_env_block
+from .params import recipe_strict, strict_mode
+from .registry import check_blocks
 
 # Top-level sections of a recipe that hold blocks, and the registry of those blocks.
 SECTIONS = {'SOLVER': 'SOLVERS', 'FILE_SYSTEM': 'FILE_SYSTEMS'}
@@ -26,6 +28,5 @@ def validate_recipe(cfg: Config) -> list[str]:
             if cfg.get(key) is not None:
                 problems += check_blocks(reg, cfg[key], key)
         if cfg.get('ENV') is not None:
-            from .launch_config import check_env_block
             problems += check_env_block(cfg.ENV)
     return problems

@@ -161,3 +161,19 @@ def test_ignore_keys_and_meta_leftovers_are_initialised():
     assert torch.all(net[2].weight != 2) and torch.all(net[0].bias != 2)  # initialised afresh
     assert torch.all(net[0].weight == 2) and torch.all(net[1].weight == 2)  # loaded, kept beside a fresh bias
     assert materialize_meta(net) == []
+
+
+def test_checkpoint_directories_use_the_one_writer(tmp_path):
+    """A training checkpoint's weights go through save_state_dict too: tied and strided
+    tensors are written whole, the metadata kept, the directory renamed into place."""
+    from scepter_core.checkpoint import read_safetensors_header
+    from scepter_core.solvers.state import write_checkpoint
+    w = torch.randn(3, 4)
+    weights = {'a.weight': w, 'tied.weight': w, 'strided': w.t()}
+    step = write_checkpoint(tmp_path, 7, weights, {'step': 7}, 'SOLVER: {}\n', metadata={'extra': 'x'})
+    assert step.name == 'step-000007' and (tmp_path / 'latest').read_text().strip() == step.name
+    got = load_state_dict(step / 'model.safetensors')
+    assert all(torch.equal(got[k], v) for k, v in weights.items()) and got['strided'].shape == (4, 3)
+    meta = read_safetensors_header(step / 'model.safetensors')[0]['__metadata__']
+    assert meta == {'format': 'scepter', 'step': '7', 'extra': 'x'}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['latest', 'step-000007']  # no temporaries left

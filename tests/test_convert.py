@@ -167,3 +167,19 @@ def test_scepter_convert_rejects_an_unknown_format(files, tmp_path, capsys):
     from scepter_cli.main import main
     assert main(['convert', str(files['ldm']), str(tmp_path / 'x'), '--to', 'onnx']) == 2
     assert "'onnx' is not one of" in capsys.readouterr().err
+
+
+def test_convert_weights_is_the_command_without_the_cli(files, state, tmp_path):
+    from scepter_core.convert.run import convert_weights
+    recipe = tmp_path / 'recipe.yaml'
+    recipe.write_text(yaml.safe_dump({'SOLVER': {'MODEL': {'DIFFUSION_MODEL': TINY_UNET, 'FIRST_STAGE_MODEL': TINY_VAE}}}))
+    done = convert_weights(str(files['ldm']), str(tmp_path / 'hf'), 'diffusers', use_ema=True, cfg_path=str(recipe))
+    ema = {k: v for k, v in load_pipeline_state(files['ldm'], use_ema=True).items() if k.startswith(MODEL_PARTS)}
+    from scepter_core.convert import drop_ema
+    assert done.source_format == 'ldm' and done.merged == []
+    assert done.tensors == len(drop_ema(load_pipeline_state(files['ldm'], use_ema=True)))
+    assert all(p.exists() and p.is_relative_to(tmp_path / 'hf') for p in done.written)
+    assert _same(load_pipeline_state(tmp_path / 'hf'), ema)
+    with pytest.raises(ConfigError, match="no DIFFUSION_MODEL or FIRST_STAGE_MODEL block"):
+        (tmp_path / 'empty.yaml').write_text('SOLVER: {}\n')
+        convert_weights(str(files['ldm']), str(tmp_path / 'x'), 'ldm', cfg_path=str(tmp_path / 'empty.yaml'))

@@ -175,3 +175,18 @@ def test_hub_repo_directory(tmp_path):
     with FS.get_dir_to_local_dir('ms://AI-ModelScope/clip-vit-large-patch14', wait_finish=True) as local:
         assert Path(local) == repo
     assert FS.walk_dir('ms://AI-ModelScope/clip-vit-large-patch14@tokenizer') == [str(repo / 'tokenizer' / 'vocab.json')]
+
+
+def test_local_path_is_the_one_resolution_of_paths_and_uris(tmp_path, monkeypatch):
+    from scepter_core.fs import is_uri
+    monkeypatch.setenv('HOME', str(tmp_path))
+    assert not is_uri('/a/b') and not is_uri('~/b') and is_uri('ms://o/r@f') and is_uri('file:///a')
+    assert FS.local_path('~/not/there.bin') == tmp_path / 'not' / 'there.bin'  # plain paths: not checked
+    assert FS.local_path(tmp_path / 'y') == tmp_path / 'y'
+    with pytest.raises(FileNotAvailable, match='is not available offline: place it at'):
+        FS.local_path('ms://o/r@w.safetensors')  # a URI must resolve, and says where to place it
+    target = Path(os.environ['SCEPTER_MIRROR']) / 'ms' / 'o' / 'r' / 'w.safetensors'
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b'w')
+    assert FS.local_path('ms://o/r@w.safetensors') == target
+    assert FS.local_path(f'file://{target}') == target

@@ -8,8 +8,8 @@ import pytest
 from scepter_core.base import BaseObject
 from scepter_core.config import Config
 from scepter_core.errors import ConfigError
-from scepter_core.params import (check_blocks, check_config, declared_params, honours_recipe_strict,
-                                 prepare_config, recipe_strict, strict_default, strict_mode)
+from scepter_core.params import declared_params, honours_recipe_strict, recipe_strict, strict_default, strict_mode
+from scepter_core.registry import check_blocks, check_config, prepare_config
 
 
 class Parent(BaseObject):
@@ -155,3 +155,26 @@ def test_nested_blocks_are_checked_recursively(temp_registry):
     assert problems[3] == "'SOLVER.SUBS.3': expected a block with NAME, got int 3"
     assert len(problems) == 4
     assert check_blocks('TOY_PARAMS', {'NAME': 'Child', 'NAME_': 1}, 'X')[0].startswith("'X.NAME_': unknown key")
+
+
+class Plain:
+    """Not Configurable: build alone checks and fills its cfg."""
+    para_dict = {'SIZE': {'value': 8, 'description': 'A size.'}}
+
+    def __init__(self, cfg, logger=None):
+        self.cfg = cfg
+
+
+def test_build_checks_every_class_once_on_one_path(temp_registry, caplog):
+    reg = temp_registry('TOY_ONCE')
+    reg.register_class('Child')(Child)
+    reg.register_class('Plain')(Plain)
+    assert reg.build({'NAME': 'Plain'}).cfg.SIZE == 8  # filled by build
+    with pytest.raises(ConfigError, match="'SIZE': expected int, got str 'x'"):
+        reg.build({'NAME': 'Plain', 'SIZE': 'x'})
+    with strict_mode(False), caplog.at_level(logging.WARNING, logger='scepter'):
+        built = reg.build({'NAME': 'Child', 'EXTRA': 1})
+        direct = Child(Config({'EXTRA': 2}))
+    # the build checked the block and the constructor did not check it again; direct construction checks
+    assert caplog.text.count("unknown key for Child") == 2, caplog.text
+    assert built.cfg.MAX_LENGTH == 64 and direct.cfg.MAX_LENGTH == 64

@@ -8,11 +8,12 @@ import pytest
 import torch
 import yaml
 
-from scepter_core.base import BaseObject, config_template, dict_to_yaml
+from scepter_core.base import BaseObject
 from scepter_core.config import Config
 from scepter_core.errors import CheckpointError, ConfigError, ScepterError
 from scepter_core.params import declared_params
 from scepter_core.registry import REGISTRIES, _load_builtins
+from scepter_core.templates import config_template, dict_to_yaml
 
 _load_builtins()
 CLASSES = [(reg.name, name) for reg in REGISTRIES.values() for name in reg.names()

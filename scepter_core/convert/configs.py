@@ -12,8 +12,7 @@ SD_SCALE_FACTOR = 0.18215
 
 
 def _filled(registry: str, cfg: Mapping | None, name: str) -> Config:
-    from ..params import prepare_config
-    from ..registry import REGISTRIES
+    from ..registry import REGISTRIES, prepare_config
     block = Config(copy.deepcopy(dict(cfg or {})))
     block.setdefault('NAME', name)
     return prepare_config(REGISTRIES[registry].get(block.NAME), block, block.path)

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..dist import all_gather
 from ..env import we
 from ..registry import HOOKS
+from ..sample_args import sample_kwargs
 from ..utils.images import make_grid, save_png
 from .base import PRIORITY, BaseHook
 
@@ -46,7 +47,6 @@ class ProbeDataHook(BaseHook):
     def probe(self, solver) -> None:
         if not self.prompts or not hasattr(solver, 'generate_on_ranks'):
             return
-        from ..solvers.latent_diffusion import sample_kwargs
         # every rank samples its share of the prompts; rank 0 gathers them and writes
         outs = solver.generate_on_ranks(self.prompts, **sample_kwargs(self.cfg.SAMPLE_ARGS))
         self.done.append(solver.step)

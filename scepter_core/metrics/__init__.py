@@ -5,6 +5,5 @@ references=None)` with images [B, 3, H, W] in [0, 1], `compute() -> dict[str, fl
 `reset()`. Values come from torchmetrics, which also gathers them across ranks."""
 from . import clip_score, features, fid, prompt_adherence, reconstruction  # noqa: F401
 from .base import BaseMetric
-from .report import metrics_table, write_metrics_json
 
-__all__ = ['BaseMetric', 'metrics_table', 'write_metrics_json']
+__all__ = ['BaseMetric']

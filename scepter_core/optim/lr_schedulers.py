@@ -11,7 +11,7 @@ import torch
 
 from ..base import Configurable
 from ..config import Config
-from ..params import prepare_config
+from ..registry import prepare_config
 from ..registry import LR_SCHEDULERS
 
 

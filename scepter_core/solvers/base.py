@@ -161,7 +161,7 @@ class BaseSolver(BaseObject):
         if not we.is_distributed or not self.wrap_model:
             return
         if any(p.requires_grad for p in self.model.parameters()) or self.cfg.USE_FSDP:
-            from ..launch import wrap_distributed  # DDP/FSDP start every rank from rank 0's weights
+            from ..parallel import wrap_distributed  # DDP/FSDP start every rank from rank 0's weights
             self.model = wrap_distributed(self.model, self.cfg, self.logger)
         else:  # nothing trains: still, every rank must sample with the same weights
             from ..dist import broadcast_module

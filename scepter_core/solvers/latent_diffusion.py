@@ -13,25 +13,10 @@ import torch
 from ..config import Config
 from ..env import we
 from ..registry import SOLVERS
+from ..sample_args import default_sample_args, sample_kwargs
 from ..utils.images import make_grid, save_png
 from ..utils.progress import progress_bar
 from .base import BaseSolver
-
-SAMPLE_KEYS = {'SAMPLER': 'sampler', 'SAMPLE_STEPS': 'sample_steps', 'SEED': 'seed', 'GUIDE_SCALE': 'guide_scale',
-               'GUIDE_RESCALE': 'guide_rescale', 'DISCRETIZATION': 'discretization', 'IMAGE_SIZE': 'image_size',
-               'RUN_TRAIN_N': 'run_train_n', 'N_PROMPT': 'n_prompt',
-               'PREV_TIMESTEP': 'prev_timestep', 'CUDA_GRAPH': 'cuda_graph'}  # 'strided': ddim / ddpm step as diffusers' schedulers
-
-
-def sample_kwargs(sample_args: dict | None) -> dict[str, Any]:
-    """SAMPLE_ARGS keys -> forward_test keyword arguments."""
-    out = {}
-    for k, v in (sample_args or {}).items():
-        if v is not None and k.upper() in SAMPLE_KEYS:
-            out[SAMPLE_KEYS[k.upper()]] = v
-    out.pop('run_train_n', None)
-    return out
-
 
 def _on_cpu(output: dict[str, Any]) -> dict[str, Any]:
     return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in output.items()}
@@ -42,9 +27,7 @@ class LatentDiffusionSolver(BaseSolver):
     """Step-based training with hooks; eval/test sample prompts, save grids and compute metrics."""
 
     para_dict = {
-        'SAMPLE_ARGS': {'value': {'SAMPLER': 'ddim', 'SAMPLE_STEPS': 50, 'SEED': 2023, 'GUIDE_SCALE': 7.5,
-                                  'GUIDE_RESCALE': 0.5, 'DISCRETIZATION': 'trailing', 'IMAGE_SIZE': [512, 512],
-                                  'RUN_TRAIN_N': False},
+        'SAMPLE_ARGS': {'value': default_sample_args(),
                         'description': 'Sampling settings for probes, eval and test (forward_test arguments).'},
         'MAX_EVAL_SAMPLES': {'value': None, 'type': int, 'description': 'Cap the number of eval prompts per run.'},
     }

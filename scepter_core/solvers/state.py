@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import LATEST, WEIGHTS, find_step_dir
+from ..checkpoint import LATEST, WEIGHTS, find_step_dir, fsync_dir, save_state_dict
 from ..errors import CheckpointError
 
 STATE = 'training_state.pt'
@@ -47,47 +47,27 @@ def _tuples(x: Any) -> Any:
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unshare(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors that share storage: clone the repeats."""
-    seen: set[tuple[int, int]] = set()
-    out = {}
-    for k, v in sd.items():
-        v = v.detach()
-        key = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else (id(v), 0)
-        out[k] = v.clone().contiguous() if key in seen or not v.is_contiguous() else v
-        seen.add(key)
-    return out
-
-
 def write_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any] | None,
                      config_yaml: str, metadata: dict[str, str] | None = None) -> Path:
     """Write `root/step-XXXXXX` atomically and point `root/latest` at it."""
-    from safetensors.torch import save_file
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.tmp-', dir=root))
     try:
-        save_file(_unshare({k: v.cpu() for k, v in weights.items()}), str(tmp / WEIGHTS),
-                  metadata={'format': 'scepter', 'step': str(step), **(metadata or {})})
+        # not atomic by itself: the whole directory is renamed into place below
+        save_state_dict({k: v.cpu() for k, v in weights.items()}, tmp / WEIGHTS, atomic=False,
+                        metadata={'format': 'scepter', 'step': str(step), **(metadata or {})})
         if state is not None:
             torch.save(state, tmp / STATE)
         (tmp / 'config.yaml').write_text(config_yaml)
         for f in tmp.iterdir():
             with open(f, 'rb') as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         pointer = root / f'.{LATEST}.tmp'
         pointer.write_text(final.name + '\n')
         os.replace(pointer, root / LATEST)

@@ -1,11 +1,10 @@
 """Putting adapters into a network and reading them back: the calls the solver makes
-(`apply_tuners`, `tuner_state_dict`, `is_tuned`) and loading a `LoraState` into a model."""
+(`tuner_state_dict`, `is_tuned`) and loading a `LoraState` into a model."""
 from __future__ import annotations
 
 import copy
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +12,7 @@ import torch
 from torch import nn
 
 from ..base import get_logger
-from ..config import Config
 from ..errors import CheckpointError
-from ..registry import TUNERS
 from .lora import LoRA
 from .state import ADAPTER_KEY, EMA_PREFIX, LoraState, adapter_entries, block_for, is_adapter_key, split_state
 
@@ -85,16 +82,6 @@ def free_adapter_name(model: nn.Module, preferred: str | None = None) -> str:
     return f'lora{n}'
 
 
-def _bias_keys(model: nn.Module, modules: list[str], bias: str) -> set[str]:
-    """Biases that train with BIAS lora_only (those of adapted layers) or all (peft: every bias)."""
-    if bias == 'lora_only':
-        params = dict(model.named_parameters())
-        return {f'{m}.base_layer.bias' for m in modules if f'{m}.base_layer.bias' in params}
-    if bias == 'all':
-        return {n for n, _ in model.named_parameters() if n.endswith('.bias') and not n.startswith(EMA_PREFIX)}
-    return set()
-
-
 def settle(model: nn.Module) -> None:
     """Every adapter of every layer active; only trainable adapters (and their biases) have
     gradients, every other parameter (the EMA copy's adapters too) is frozen."""
@@ -126,45 +113,6 @@ def sync_ema_copy(model: nn.Module) -> None:
     fresh = copy.deepcopy(unet).requires_grad_(False).eval()
     fresh.load_state_dict(kept, strict=False)
     model.model_ema = fresh
-
-
-def _warn_without_grad(model: nn.Module, logger: logging.Logger) -> None:
-    """Adapters inside an embedder that computes no gradients (USE_GRAD false) never train."""
-    for child_name, child in model.named_children():
-        cfg = getattr(child, 'cfg', None)
-        if cfg is None or 'USE_GRAD' not in cfg or cfg.USE_GRAD:
-            continue
-        if any(p.requires_grad for p in child.parameters()):
-            logger.warning(f'{child_name} has trainable adapters but computes no gradients: set '
-                           f'{child_name.upper()}.USE_GRAD: true in the MODEL block, or they stay at init')
-
-
-def apply_tuners(model: nn.Module, tuner_cfg: list | Config | dict | str,
-                 logger: logging.Logger | None = None) -> nn.Module:
-    """Inject the adapters SOLVER.TUNER describes (a list of TUNERS blocks, one block, or the
-    path of a trained adapter) and freeze every other parameter. Returns `model` (changed in place)."""
-    logger = logger or get_logger()
-    items = list(tuner_cfg) if isinstance(tuner_cfg, (list, tuple)) else [tuner_cfg]
-    if not any(items):
-        return model
-    record = record_of(model)
-    for item in items:
-        if isinstance(item, (str, os.PathLike)):
-            from .files import load_adapter
-            load_adapter(model, str(item), trainable=True, logger=logger)
-            continue
-        tuner = TUNERS.build(item, logger=logger)
-        name = free_adapter_name(model)
-        modules = tuner.inject(model, name)
-        record.configs[name] = tuner.to_dict()
-        record.trainable.add(name)
-        record.bias_keys |= _bias_keys(model, modules, tuner.cfg.BIAS or 'none')
-        logger.info(f'{type(tuner).__name__} adapter {name}: rank {tuner.cfg.R} on {len(modules)} modules '
-                    f'(e.g. {modules[0]})')
-    settle(model)
-    sync_ema_copy(model)
-    _warn_without_grad(model, logger)
-    return model
 
 
 def tuner_state_dict(model: nn.Module, ema: bool = False) -> dict[str, torch.Tensor]:

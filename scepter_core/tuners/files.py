@@ -44,7 +44,7 @@ def resolve_adapter_path(path: str) -> Path:
     pointer file, or a hub URI -> the weights file."""
     from ..checkpoint import WEIGHTS, find_step_dir
     from ..fs import FS
-    p = Path(str(FS.get_from(path))) if '://' in path else Path(path)
+    p = FS.local_path(path)
     step = find_step_dir(p)
     p = step / WEIGHTS if step is not None else p
     if not p.is_file():

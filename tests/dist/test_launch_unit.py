@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from scepter_core.config import Config
-from scepter_core.dist import shard, unshard
+from scepter_core.dist import backend_for, shard, unshard
 from scepter_core.errors import ConfigError
-from scepter_core.launch import backend_for, launch
+from scepter_core.launch import launch
 
 
 def test_backend_defaults_and_cpu_fallback():
@@ -50,11 +50,10 @@ def test_torchrun_without_its_environment(monkeypatch):
         launch(cfg, fn=_never)
 
 
-def test_init_env_runs_the_function_in_one_process(monkeypatch):
-    from scepter_core.env import we
+def test_spawn_with_one_process_runs_the_function_here(monkeypatch):
     for k in ('RANK', 'WORLD_SIZE', 'TORCHELASTIC_RUN_ID'):
         monkeypatch.delenv(k, raising=False)
-    assert we.init_env(Config({'ENV': {'DEVICE': 'cpu', 'NUM_PROCESSES': 1}}), fn=lambda c: c.ENV.DEVICE) == 'cpu'
+    assert launch(Config({'ENV': {'DEVICE': 'cpu', 'NUM_PROCESSES': 1}}), fn=lambda c: c.ENV.DEVICE) == 'cpu'
 
 
 def test_dist_sampler_hook_counts_epochs_over_all_samples():

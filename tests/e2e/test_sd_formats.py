@@ -108,3 +108,16 @@ def test_original_formats_load_with_nothing_missing(saved, fmt):
     report = model.load_pretrained_model(str(source))
     assert report.missing == 0 and report.unexpected == 0, report.summary()
     assert float(model.scale_factor) == 0.25
+
+
+def test_infer_options_are_their_sample_args_keys(saved, tmp_path: Path):
+    """Each sampling option of `scepter infer` (Scepter's spellings here) is its SAMPLE_ARGS
+    key: the same picture as setting the key in the recipe, another than the recipe's own."""
+    values = {'SAMPLE_STEPS': ('--sample_steps', '2'), 'GUIDE_SCALE': ('--guide_scale', '3.0'),
+              'SEED': ('--seed', '5'), 'N_PROMPT': ('--n_prompt', 'blurry'), 'DISCRETIZATION': ('--discretization', 'leading')}
+    by_flags = infer(saved['ours'], tmp_path / 'flags', *[x for pair in values.values() for x in pair])
+    by_keys = infer(saved['ours'], tmp_path / 'keys',
+                    *[x for k, (_, v) in values.items() for x in ('--set', f'SOLVER.SAMPLE_ARGS.{k}={v}')])
+    recipe = infer(saved['ours'], tmp_path / 'recipe')
+    assert np.array_equal(by_flags, by_keys)  # the same computation in the same order
+    assert np.abs(by_flags - recipe).max() > 8
