@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..env import we
 from ..registry import HOOKS
 from ..solvers import state as ckpt
-from .base import PRIORITY, BaseHook
+from .base import PRIORITY, BaseHook, TrainLoop
 
 
 @HOOKS.register_class()
@@ -19,18 +19,20 @@ class CheckpointHook(BaseHook):
         'SAVE_TRAINING_STATE': {'value': True, 'description': 'Save optimizer/scheduler/RNG state for exact resume.'},
     }
 
-    def after_iter(self, solver) -> None:
-        if solver.is_step_end and self.cfg.INTERVAL and solver.step % self.cfg.INTERVAL == 0:
+    def after_iter(self, solver: TrainLoop) -> None:
+        st = solver.state
+        if st.is_step_end and self.cfg.INTERVAL and st.step % self.cfg.INTERVAL == 0:
             self._save(solver)
 
-    def after_all_iter(self, solver) -> None:
-        if self.cfg.SAVE_LAST and solver.step > 0 and \
-                (solver.last_checkpoint is None or not solver.last_checkpoint.endswith(ckpt.step_dir_name(solver.step))):
+    def after_all_iter(self, solver: TrainLoop) -> None:
+        st = solver.state
+        if self.cfg.SAVE_LAST and st.step > 0 and \
+                (st.last_checkpoint is None or not st.last_checkpoint.endswith(ckpt.step_dir_name(st.step))):
             self._save(solver)
 
-    def _save(self, solver) -> None:
-        if solver.nonfinite_in_row:  # weights of a diverging run are not a checkpoint worth keeping
-            self.logger.warning(f'step {solver.step}: checkpoint skipped after a non-finite loss')
+    def _save(self, solver: TrainLoop) -> None:
+        if solver.state.nonfinite_in_row:  # weights of a diverging run are not a checkpoint worth keeping
+            self.logger.warning(f'step {solver.state.step}: checkpoint skipped after a non-finite loss')
             return
         out = solver.save_checkpoint(with_state=self.cfg.SAVE_TRAINING_STATE)
         if out is not None and we.is_main:
