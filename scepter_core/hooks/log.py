@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections import deque
 
@@ -62,8 +63,9 @@ class LogHook(BaseHook):
             return
         step_loss = sum(self._step_losses) / max(len(self._step_losses), 1)
         self._step_losses = []
-        self.window.append(step_loss)
-        self.history.append((st.step, step_loss))
+        if math.isfinite(step_loss):  # a skipped step (non-finite loss) would spoil the average for WINDOW steps
+            self.window.append(step_loss)
+            self.history.append((st.step, step_loss))
         lr = solver.optimizer.param_groups[0]['lr'] if solver.optimizer else 0.0
         st.log_values.update({'loss': step_loss, 'lr': lr})
         self._advance(1, loss=step_loss)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,10 @@ def test_lines_history_and_curve(tmp_path: Path):
     assert (tmp_path / 'loss_curve.png').stat().st_size > 0
     hook = solver.hooks['train'][0]
     assert hook.state_dict()['history'] == [list(x) for x in history]
+
+
+def test_a_skipped_step_stays_out_of_the_average(tmp_path: Path):
+    solver = train_tiny(tmp_path, 4, [{'NAME': 'LogHook', 'LOG_INTERVAL': 4}],
+                        MODEL={'NAME': 'TinyNet', 'NAN_CALLS': [2]})
+    assert [s for s, _ in solver.hooks['train'][0].history] == [1, 3, 4]
+    assert math.isfinite(solver.state.log_values['loss_avg']) and solver.state.skipped_steps == 1
