@@ -5,6 +5,7 @@ import random
 
 import torch
 
+from ..data.collate import to_device
 from ..env import we
 from ..registry import DATASETS, HOOKS
 from .base import PRIORITY, BaseHook, TrainLoop
@@ -49,7 +50,6 @@ class ValLossHook(BaseHook):
 
     @torch.no_grad()
     def value(self, solver: TrainLoop) -> float:
-        from ..solvers.base import _to_device
         model = solver.unwrapped_model
         was_training = model.training
         py_state = random.getstate()
@@ -61,7 +61,7 @@ class ValLossHook(BaseHook):
             model.train()
             for batch in self._fixed_batches(solver):
                 with solver.autocast():
-                    losses.append(float(model.forward_train(**_to_device(batch, we.device))['loss']))
+                    losses.append(float(model.forward_train(**to_device(batch, we.device))['loss']))
         random.setstate(py_state)
         model.train(was_training)
         from ..dist import mean_over_ranks

@@ -13,6 +13,7 @@ import torch
 
 from ..base import BaseObject
 from ..config import Config
+from ..data.collate import to_device
 from ..env import we
 from ..errors import ConfigError
 from ..hooks.base import LoopState
@@ -23,14 +24,6 @@ from .fast_paths import apply_model_fast_paths, apply_train_fast_paths
 from .step import StepSettings, TrainStep
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 class BaseSolver(BaseObject):
@@ -225,7 +218,7 @@ class BaseSolver(BaseObject):
         def gen() -> Iterator[dict[str, Any]]:
             for batch in it:
                 self.state.skipped_samples += int(batch.pop('_skipped', 0) or 0)
-                yield _to_device(batch, we.device)
+                yield to_device(batch, we.device)
         return gen()
 
     def run_train(self) -> None:
@@ -270,9 +263,10 @@ class BaseSolver(BaseObject):
     def is_fsdp(self) -> bool:
         return bool(self.cfg.USE_FSDP) and we.is_distributed and self.wrap_model
 
-    def save_checkpoint(self, with_state: bool = True) -> Path | None:
-        """The checkpoint tree of the current step (all ranks call; rank 0 writes)."""
-        return ckpt.save(self, with_state)
+    def save_checkpoint(self, with_state: bool = True, keep_last: int = 0) -> Path:
+        """The checkpoint tree of the current step (all ranks call; rank 0 writes and keeps the
+        newest `keep_last`, 0: all)."""
+        return ckpt.save(self, with_state, keep_last)
 
     def load_checkpoint(self, checkpoint: str) -> None:
         self._resume = ckpt.load(self, checkpoint)

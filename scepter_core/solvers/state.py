@@ -194,15 +194,16 @@ def adapter_metadata(solver: BaseSolver) -> dict[str, str]:
     return metadata(solver.unwrapped_model)
 
 
-def save(solver: BaseSolver, with_state: bool = True) -> Path:
-    """Write the checkpoint tree of the current step. All ranks call (FSDP gathers the weights);
-    rank 0 writes; nobody goes on before it is on disk."""
+def save(solver: BaseSolver, with_state: bool = True, keep_last: int = 0) -> Path:
+    """Write the checkpoint tree of the current step and keep the newest `keep_last` (0: all).
+    All ranks call (FSDP gathers the weights); rank 0 writes; nobody goes on before it is on disk."""
     weights = model_state(solver)
     state = training_state(solver) if with_state else None
     out = solver.work_dir / 'checkpoints' / step_dir_name(solver.state.step)
     if we.is_main:
         write_checkpoint(out.parent, solver.state.step, weights, state, Config(solver.cfg_root or {}).to_yaml(),
                          metadata=adapter_metadata(solver))
+        prune(out.parent, keep_last)
     solver.state.last_checkpoint = str(out)  # on every rank: hooks decide from it, all ranks alike
     from ..dist import barrier
     barrier()
