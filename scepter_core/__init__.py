@@ -22,7 +22,8 @@ _LAZY = {
     'TrainModule': 'scepter_core.models.base', 'BaseModel': 'scepter_core.models.base',
     'BaseEmbedder': 'scepter_core.models.embedders.base',
     'BaseSolver': 'scepter_core.solvers.base',
-    'BaseHook': 'scepter_core.hooks.base',
+    'BaseHook': 'scepter_core.hooks.base', 'LoopState': 'scepter_core.hooks.base',
+    'TrainLoop': 'scepter_core.hooks.base',
 }
 
 

@@ -3,8 +3,9 @@
 Lightning starts the processes (one per GPU, or ENV.NUM_PROCESSES on CPU; several nodes
 with WORLD_SIZE = node count and RANK = node rank as in the spawn launcher, or under
 torchrun / SLURM as Lightning detects them), joins the process group and wraps the model in
-DDP. Each training step is the solver's own (`BaseSolver.train_step`): its hooks do the
-backward pass, the optimizer step, logging, probes and checkpoints, in our format.
+DDP. Each training step is the solver's own (`BaseSolver.train_step` and its `TrainStep`:
+forward, backward, optimizer and LR steps), with the backward pass through Lightning's
+`manual_backward`; the hooks log, probe and checkpoint in our format.
 Install with `pip install 'scepter-forge[lightning]'`."""
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class SolverModule(pl.LightningModule if pl else object):
         super().__init__()
         self.recipe = recipe
         self.solver: Any = None
-        self.automatic_optimization = False  # the solver's BackwardHook steps the optimizer
+        self.automatic_optimization = False  # the solver's TrainStep steps the optimizer
         self._fetch_started = 0.0
 
     def setup(self, stage: str) -> None:
@@ -48,6 +49,8 @@ class SolverModule(pl.LightningModule if pl else object):
         # The process group exists now; Lightning (not the solver) wraps the model in DDP.
         self.solver = build_solver(self.recipe, 'train', wrap_model=False)
         self.net = self.solver.model
+        # Lightning's DDP syncs gradients in its own backward (prepare_for_backward first)
+        self.solver.stepper.backward = self.manual_backward
 
     def configure_optimizers(self) -> Any:
         return self.solver.optimizer
@@ -63,13 +66,10 @@ class SolverModule(pl.LightningModule if pl else object):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         solver = self.solver
         fetched = time.perf_counter()
-        solver.skipped_samples += int(batch.pop('_skipped', 0) or 0)
+        solver.state.skipped_samples += int(batch.pop('_skipped', 0) or 0)
         solver.call_hooks('before_iter')
-        # The solver's BackwardHook calls loss.backward() itself: ready Lightning's DDP for it
-        # as manual_backward would (otherwise, in manual optimization, gradients are not synced).
-        self.trainer.strategy.pre_backward(torch.zeros(()))
         solver.train_step(batch, self._fetch_started, fetched)
-        if solver.step >= solver.max_steps:
+        if solver.state.step >= solver.state.max_steps:
             self.trainer.should_stop = True
         self._fetch_started = time.perf_counter()
 

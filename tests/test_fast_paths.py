@@ -200,5 +200,5 @@ def test_training_with_amp_cache_and_channels_last(tmp_path: Path):
     assert model.first_stage_model.encoder.conv_in.weight.dtype == torch.bfloat16
     assert model.model.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     assert solver.optimizer.param_groups[0]['fused']  # fused AdamW on the CPU
-    saved = load_file(str(Path(solver.last_checkpoint) / 'model.safetensors'))
+    saved = load_file(str(Path(solver.state.last_checkpoint) / 'model.safetensors'))
     assert saved['first_stage_model.encoder.conv_in.weight'].dtype == torch.float32

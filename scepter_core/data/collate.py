@@ -40,3 +40,12 @@ def collate(items: list[dict]) -> dict[str, Any]:
         else:
             batch[key] = _stack(key, values)
     return batch
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A batch (tensors, nested in dicts) on `device`; other values as they are."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch

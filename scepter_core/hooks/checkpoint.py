@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from ..env import we
 from ..registry import HOOKS
-from ..solvers import state as ckpt
-from .base import PRIORITY, BaseHook
+from .base import PRIORITY, BaseHook, TrainLoop
 
 
 @HOOKS.register_class()
@@ -19,20 +18,28 @@ class CheckpointHook(BaseHook):
         'SAVE_TRAINING_STATE': {'value': True, 'description': 'Save optimizer/scheduler/RNG state for exact resume.'},
     }
 
-    def after_iter(self, solver) -> None:
-        if solver.is_step_end and self.cfg.INTERVAL and solver.step % self.cfg.INTERVAL == 0:
+    def __init__(self, cfg=None, logger=None):
+        super().__init__(cfg, logger)
+        self._saved_step: int | None = None  # the step of the newest checkpoint on disk
+
+    def before_all_iter(self, solver: TrainLoop) -> None:
+        st = solver.state
+        self._saved_step = st.step if st.last_checkpoint else None  # a resumed run starts from one
+
+    def after_iter(self, solver: TrainLoop) -> None:
+        st = solver.state
+        if st.is_step_end and self.cfg.INTERVAL and st.step % self.cfg.INTERVAL == 0:
             self._save(solver)
 
-    def after_all_iter(self, solver) -> None:
-        if self.cfg.SAVE_LAST and solver.step > 0 and \
-                (solver.last_checkpoint is None or not solver.last_checkpoint.endswith(ckpt.step_dir_name(solver.step))):
+    def after_all_iter(self, solver: TrainLoop) -> None:
+        if self.cfg.SAVE_LAST and solver.state.step > 0 and self._saved_step != solver.state.step:
             self._save(solver)
 
-    def _save(self, solver) -> None:
-        if solver.nonfinite_in_row:  # weights of a diverging run are not a checkpoint worth keeping
-            self.logger.warning(f'step {solver.step}: checkpoint skipped after a non-finite loss')
+    def _save(self, solver: TrainLoop) -> None:
+        if solver.state.nonfinite_in_row:  # weights of a diverging run are not a checkpoint worth keeping
+            self.logger.warning(f'step {solver.state.step}: checkpoint skipped after a non-finite loss')
             return
-        out = solver.save_checkpoint(with_state=self.cfg.SAVE_TRAINING_STATE)
-        if out is not None and we.is_main:
-            ckpt.prune(out.parent, self.cfg.KEEP_LAST)
+        out = solver.save_checkpoint(with_state=self.cfg.SAVE_TRAINING_STATE, keep_last=self.cfg.KEEP_LAST)
+        self._saved_step = solver.state.step
+        if we.is_main:
             self.logger.info(f'checkpoint: {out}')

@@ -1,4 +1,4 @@
-"""DistSamplerHook: keeps `solver.epoch` (passes over the training data, counted over all
+"""DistSamplerHook: keeps `solver.state.epoch` (passes over the training data, counted over all
 ranks) and tells epoch-aware samplers when a new epoch starts.
 
 Scepter recipes list this hook because Scepter's samplers need `set_epoch` to reshuffle
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..env import we
 from ..registry import HOOKS
-from .base import PRIORITY, BaseHook
+from .base import PRIORITY, BaseHook, TrainLoop
 
 
 @HOOKS.register_class()
@@ -18,13 +18,13 @@ class DistSamplerHook(BaseHook):
 
     default_priority = PRIORITY['DIST_SAMPLER']
 
-    def after_iter(self, solver) -> None:
+    def after_iter(self, solver: TrainLoop) -> None:
         data = solver.datas.get('train')
         if data is None or not len(data):
             return
-        epoch = solver.total_iter * data.cfg.BATCH_SIZE * we.world_size // len(data)
-        if epoch != solver.epoch:
-            solver.epoch = epoch
+        epoch = solver.state.total_iter * data.cfg.BATCH_SIZE * we.world_size // len(data)
+        if epoch != solver.state.epoch:
+            solver.state.epoch = epoch
             sampler = getattr(data, 'sampler', None)
             if hasattr(sampler, 'set_epoch'):
                 sampler.set_epoch(epoch)

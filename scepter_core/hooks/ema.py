@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import HOOKS
-from .base import PRIORITY, BaseHook
+from .base import PRIORITY, BaseHook, TrainLoop
 
 
 @HOOKS.register_class()
@@ -26,7 +26,7 @@ class ModelEmaHook(BaseHook):
         super().__init__(cfg, logger)
         self.shadow: dict[str, torch.Tensor] = {}
 
-    def _pairs(self, solver) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _pairs(self, solver: TrainLoop) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         model = solver.unwrapped_model
         ema_module = getattr(model, 'model_ema', None)
         if ema_module is not None:
@@ -39,15 +39,16 @@ class ModelEmaHook(BaseHook):
             self.shadow = {n: p.detach().clone() for n, p in params.items()}
         return [self.shadow[n] for n in params], [p.detach() for p in params.values()]
 
-    def before_all_iter(self, solver) -> None:
+    def before_all_iter(self, solver: TrainLoop) -> None:
         self._pairs(solver)  # allocate the shadow before a resume fills it
 
     @torch.no_grad()
-    def after_iter(self, solver) -> None:
-        if not solver.is_step_end or solver.step % self.cfg.INTERVAL:
+    def after_iter(self, solver: TrainLoop) -> None:
+        step = solver.state.step
+        if not solver.state.is_step_end or step % self.cfg.INTERVAL:
             return
         ema, src = self._pairs(solver)
-        weight = 1.0 if solver.step <= self.cfg.START_STEP else 1.0 - self.cfg.DECAY
+        weight = 1.0 if step <= self.cfg.START_STEP else 1.0 - self.cfg.DECAY
         torch._foreach_lerp_(ema, src, weight)
 
     def state_dict(self) -> dict:

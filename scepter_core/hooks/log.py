@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections import deque
 
@@ -13,7 +14,7 @@ from ..dist import mean_over_ranks
 from ..env import we
 from ..registry import HOOKS
 from ..utils.progress import progress_bar
-from .base import PRIORITY, BaseHook
+from .base import PRIORITY, BaseHook, LoopState, TrainLoop
 
 
 def _peak_memory_mb() -> float:
@@ -46,49 +47,51 @@ class LogHook(BaseHook):
         self._advance = None
         self._t_last = self._it_last = 0.0
 
-    def before_all_iter(self, solver) -> None:
-        self._advance = self._stack.enter_context(
-            progress_bar(solver.max_steps, 'train', enabled=we.is_main))
-        self._advance(solver.step)
-        self._t_last, self._it_last = time.perf_counter(), solver.step
-        self._timing_last = dict(solver.timing)
+    def before_all_iter(self, solver: TrainLoop) -> None:
+        st = solver.state
+        self._advance = self._stack.enter_context(progress_bar(st.max_steps, 'train', enabled=we.is_main))
+        self._advance(st.step)
+        self._t_last, self._it_last = time.perf_counter(), st.step
+        self._timing_last = dict(st.timing)
 
-    def after_iter(self, solver) -> None:
-        loss = solver.iter_outputs.get('loss')
+    def after_iter(self, solver: TrainLoop) -> None:
+        st = solver.state
+        loss = st.iter_outputs.get('loss')
         if loss is not None:
             self._step_losses.append(float(loss.detach().float()))
-        if not solver.is_step_end:
+        if not st.is_step_end:
             return
         step_loss = sum(self._step_losses) / max(len(self._step_losses), 1)
         self._step_losses = []
-        self.window.append(step_loss)
-        self.history.append((solver.step, step_loss))
+        if math.isfinite(step_loss):  # a skipped step (non-finite loss) would spoil the average for WINDOW steps
+            self.window.append(step_loss)
+            self.history.append((st.step, step_loss))
         lr = solver.optimizer.param_groups[0]['lr'] if solver.optimizer else 0.0
-        solver.log_values.update({'loss': step_loss, 'lr': lr})
+        st.log_values.update({'loss': step_loss, 'lr': lr})
         self._advance(1, loss=step_loss)
-        if solver.step % self.cfg.LOG_INTERVAL == 0 or solver.step == solver.max_steps:
-            self._log_line(solver, lr)
+        if st.step % self.cfg.LOG_INTERVAL == 0 or st.step == st.max_steps:
+            self._log_line(st, lr)
 
-    def _log_line(self, solver, lr: float) -> None:
+    def _log_line(self, st: LoopState, lr: float) -> None:
         loss = mean_over_ranks(sum(self.window) / max(len(self.window), 1))
         now = time.perf_counter()
-        steps = solver.step - self._it_last
+        steps = st.step - self._it_last
         dt = max(now - self._t_last, 1e-9)
-        t = solver.timing
+        t = st.timing
         data_dt = t['data'] - self._timing_last['data']
         iter_dt = max(t['iter'] - self._timing_last['iter'], 1e-9)
         images = (t['samples'] - self._timing_last['samples']) * we.world_size
-        eta = (solver.max_steps - solver.step) * dt / max(steps, 1)
-        solver.log_values.update({'loss_avg': loss, 'images_per_s': images / dt})
+        eta = (st.max_steps - st.step) * dt / max(steps, 1)
+        st.log_values.update({'loss_avg': loss, 'images_per_s': images / dt})
         if we.is_main:
-            extra = f', skipped samples {solver.skipped_samples}' if solver.skipped_samples else ''
+            extra = f', skipped samples {st.skipped_samples}' if st.skipped_samples else ''
             self.logger.info(
-                f'step {solver.step}/{solver.max_steps}  loss {loss:.5f}  lr {lr:.3g}  {steps / dt:.2f} it/s  '
+                f'step {st.step}/{st.max_steps}  loss {loss:.5f}  lr {lr:.3g}  {steps / dt:.2f} it/s  '
                 f'{images / dt:.1f} img/s  data {100 * data_dt / iter_dt:.0f}%  eta {eta / 60:.1f} min  '
                 f'peak mem {_peak_memory_mb():.0f} MB{extra}')
-        self._t_last, self._it_last, self._timing_last = now, solver.step, dict(t)
+        self._t_last, self._it_last, self._timing_last = now, st.step, dict(t)
 
-    def after_all_iter(self, solver) -> None:
+    def after_all_iter(self, solver: TrainLoop) -> None:
         self._stack.close()
         if we.is_main and self.cfg.LOSS_CURVE and self.history:
             from ..utils.plot import line_plot

@@ -11,7 +11,7 @@ from ..env import we
 from ..registry import HOOKS
 from ..sample_args import sample_kwargs
 from ..utils.images import make_grid, save_png
-from .base import PRIORITY, BaseHook
+from .base import PRIORITY, BaseHook, SamplingLoop, TrainLoop
 
 
 @HOOKS.register_class()
@@ -32,34 +32,36 @@ class ProbeDataHook(BaseHook):
         self.prompts: list[str] = list(self.cfg.PROMPTS or [])
         self.done: list[int] = []
 
-    def after_iter(self, solver) -> None:
+    def after_iter(self, solver: TrainLoop) -> None:
+        st = solver.state
         if not self.prompts:
-            probe = solver.iter_outputs.get('probe_data', {}) if isinstance(solver.iter_outputs, dict) else {}
+            probe = st.iter_outputs.get('probe_data', {}) if isinstance(st.iter_outputs, dict) else {}
             self.prompts = list(probe.get('prompt') or [])[: self.cfg.NUM_SAMPLES]
             self.prompts = all_gather(self.prompts)[0]  # every rank probes rank 0's prompts
-        if solver.is_step_end and self.cfg.PROB_INTERVAL and solver.step % self.cfg.PROB_INTERVAL == 0:
+        if st.is_step_end and self.cfg.PROB_INTERVAL and st.step % self.cfg.PROB_INTERVAL == 0:
             self.probe(solver)
 
-    def after_all_iter(self, solver) -> None:
-        if self.cfg.SAVE_LAST and solver.step not in self.done and solver.step > 0:
+    def after_all_iter(self, solver: TrainLoop) -> None:
+        if self.cfg.SAVE_LAST and solver.state.step not in self.done and solver.state.step > 0:
             self.probe(solver)
 
-    def probe(self, solver) -> None:
-        if not self.prompts or not hasattr(solver, 'generate_on_ranks'):
+    def probe(self, solver: TrainLoop) -> None:
+        if not self.prompts or not isinstance(solver, SamplingLoop):
             return
+        step = solver.state.step
         # every rank samples its share of the prompts; rank 0 gathers them and writes
         outs = solver.generate_on_ranks(self.prompts, **sample_kwargs(self.cfg.SAMPLE_ARGS))
-        self.done.append(solver.step)
+        self.done.append(step)
         if not we.is_main:
             return
         root = solver.work_dir / 'probe'
-        out = root / f'step-{solver.step:06d}'
+        out = root / f'step-{step:06d}'
         meta = []
         for i, o in enumerate(outs):
             save_png(o['image'], out / f'{i:03d}.png')
             meta.append({'file': f'{i:03d}.png', 'prompt': o['prompt'], 'n_prompt': o.get('n_prompt', '')})
         make_grid([o['image'] for o in outs], [o['prompt'] for o in outs], ncols=min(len(outs), 4)).save(out / 'grid.png')
-        (out / 'meta.json').write_text(json.dumps({'step': solver.step, 'samples': meta,
+        (out / 'meta.json').write_text(json.dumps({'step': step, 'samples': meta,
                                                    'sample_args': solver.sample_args}, indent=1))
         self._write_index(root)
 

@@ -5,9 +5,10 @@ import random
 
 import torch
 
+from ..data.collate import to_device
 from ..env import we
 from ..registry import DATASETS, HOOKS
-from .base import PRIORITY, BaseHook
+from .base import PRIORITY, BaseHook, TrainLoop
 
 
 @HOOKS.register_class()
@@ -28,7 +29,7 @@ class ValLossHook(BaseHook):
         self.batches: list | None = None
         self.history: list[tuple[int, float]] = []
 
-    def _fixed_batches(self, solver) -> list:
+    def _fixed_batches(self, solver: TrainLoop) -> list:
         if self.batches is None:
             from ..data.loader import build_dataloader
             data = DATASETS.build(self.cfg.DATA, logger=self.logger) if self.cfg.DATA else solver.datas['train']
@@ -41,15 +42,14 @@ class ValLossHook(BaseHook):
                 self.batches.append(batch)
         return self.batches
 
-    def before_all_iter(self, solver) -> None:
+    def before_all_iter(self, solver: TrainLoop) -> None:
         # Built up front, before a resumed run restores its RNG state, so that building
         # them can never shift the training's random streams.
         with torch.random.fork_rng(devices=[we.device] if we.device.type == 'cuda' else []):
             self._fixed_batches(solver)
 
     @torch.no_grad()
-    def value(self, solver) -> float:
-        from ..solvers.base import _to_device
+    def value(self, solver: TrainLoop) -> float:
         model = solver.unwrapped_model
         was_training = model.training
         py_state = random.getstate()
@@ -61,16 +61,17 @@ class ValLossHook(BaseHook):
             model.train()
             for batch in self._fixed_batches(solver):
                 with solver.autocast():
-                    losses.append(float(model.forward_train(**_to_device(batch, we.device))['loss']))
+                    losses.append(float(model.forward_train(**to_device(batch, we.device))['loss']))
         random.setstate(py_state)
         model.train(was_training)
         from ..dist import mean_over_ranks
         return mean_over_ranks(sum(losses) / len(losses))  # each rank holds its own shard
 
-    def after_iter(self, solver) -> None:
-        if solver.is_step_end and self.cfg.VAL_INTERVAL and solver.step % self.cfg.VAL_INTERVAL == 0:
+    def after_iter(self, solver: TrainLoop) -> None:
+        st = solver.state
+        if st.is_step_end and self.cfg.VAL_INTERVAL and st.step % self.cfg.VAL_INTERVAL == 0:
             v = self.value(solver)
-            self.history.append((solver.step, v))
-            solver.log_values['val_loss'] = v
+            self.history.append((st.step, v))
+            st.log_values['val_loss'] = v
             if we.is_main:
-                self.logger.info(f'step {solver.step}: val_loss {v:.5f}')
+                self.logger.info(f'step {st.step}: val_loss {v:.5f}')

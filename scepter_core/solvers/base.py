@@ -1,5 +1,6 @@
 """BaseSolver: the seed's lifecycle (set_up -> solve -> run_train/run_eval/run_test)
-and a training loop that reads top to bottom. Side concerns live in hooks."""
+and a training loop that reads top to bottom: each micro-batch goes through the training
+step (`step.py`), then the hooks. Side concerns live in hooks; checkpoints in `state.py`."""
 from __future__ import annotations
 
 import logging
@@ -12,22 +13,17 @@ import torch
 
 from ..base import BaseObject
 from ..config import Config
+from ..data.collate import to_device
 from ..env import we
 from ..errors import ConfigError
+from ..hooks.base import LoopState
 from ..models.base import device_autocast
 from ..registry import DATASETS, HOOKS, LR_SCHEDULERS, METRICS, MODELS, OPTIMIZERS
 from . import state as ckpt
 from .fast_paths import apply_model_fast_paths, apply_train_fast_paths
+from .step import StepSettings, TrainStep
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 class BaseSolver(BaseObject):
@@ -76,33 +72,30 @@ class BaseSolver(BaseObject):
         c = self.cfg
         self.work_dir = Path(c.WORK_DIR)
         self._mode_set = {'train': {'train', 'eval'}, 'test': {'test'}, 'eval': {'eval'}}.get(mode, {mode})
-        self.max_steps, self.accu_step = int(c.MAX_STEPS), int(c.ACCU_STEP)
         self.use_amp, self.dtype = bool(c.USE_AMP), DTYPES[c.DTYPE]
-        self.step = 0               # completed optimizer steps
-        self.total_iter = 0         # completed micro-batches
-        self.epoch = 0
-        self.is_step_end = False
-        self.iter_outputs: dict[str, Any] = {}
-        self.log_values: dict[str, float] = {}
-        self.timing = {'data': 0.0, 'iter': 0.0, 'samples': 0}
-        self.skipped_samples = 0
-        self.nonfinite_in_row = 0   # set by BackwardHook
-        self.last_checkpoint: str | None = None
+        self.state = LoopState(max_steps=int(c.MAX_STEPS))  # progress and outputs, as hooks see them
         self.datas: dict[str, Any] = {}
         self.hooks: dict[str, list] = {}
         self.metrics: list = []
         self.model: torch.nn.Module | None = None
         self.optimizer = self.lr_scheduler = self.scaler = None
-        self._resume_state: dict[str, Any] | None = None
+        self.step_settings = StepSettings()
+        self.stepper: TrainStep | None = None  # the training step, built with the optimizer
+        self._resume: dict[str, Any] | None = None
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps done."""
+        return self.state.step
 
     # ---- lifecycle (the seed's) --------------------------------------------------------
     def set_up(self) -> None:
+        self.construct_hooks()  # first: BackwardHook's block holds settings the rest needs
         self.construct_data()
         self.construct_model()
         self.construct_metrics()
         self.model_to_device()
         self.init_opti()
-        self.construct_hooks()
         if self.cfg.RESUME_FROM and 'train' in self._mode_set:
             self.load_checkpoint(self.cfg.RESUME_FROM)
 
@@ -132,8 +125,8 @@ class BaseSolver(BaseObject):
             raise ConfigError("'SOLVER.TEST_DATA': nothing to test: the recipe has no TEST_DATA block")
         if self.cfg.MAX_EPOCHS and self.cfg.MAX_EPOCHS > 0 and 'train' in self.datas:
             data = self.datas['train']
-            per_step = data.cfg.BATCH_SIZE * we.world_size * self.accu_step
-            self.max_steps = math.ceil(self.cfg.MAX_EPOCHS * len(data) * self.cfg.NUM_FOLDS / per_step)
+            per_step = data.cfg.BATCH_SIZE * we.world_size * self.step_settings.accu_step
+            self.state.max_steps = math.ceil(self.cfg.MAX_EPOCHS * len(data) * self.cfg.NUM_FOLDS / per_step)
 
     def construct_model(self) -> None:
         self.model = MODELS.build(self.cfg.MODEL, logger=self.logger)
@@ -148,11 +141,13 @@ class BaseSolver(BaseObject):
         for stage, key in (('train', 'TRAIN_HOOKS'), ('eval', 'EVAL_HOOKS'), ('test', 'TEST_HOOKS')):
             hooks = [HOOKS.build(h, logger=self.logger) for h in self.cfg[key] or []]
             self.hooks[stage] = sorted(hooks, key=lambda h: h.priority)
+        self.step_settings = StepSettings.from_config(self.cfg, self.hooks['train'])
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:
         return getattr(self.model, 'module', self.model)
 
+    cfg_root: Config | None = None  # the whole recipe, saved beside each checkpoint
     wrap_model = True  # DDP/FSDP around the model under several processes (Lightning wraps it itself)
 
     def model_to_device(self) -> None:
@@ -184,14 +179,18 @@ class BaseSolver(BaseObject):
         apply_train_fast_paths(self)  # frozen modules in the AMP dtype, CACHE_LATENTS (fast_paths.py)
         opt_cfg = self.cfg.OPTIMIZER
         if self.cfg.RESCALE_LR:
-            opt_cfg.LEARNING_RATE *= we.world_size * self.datas['train'].cfg.BATCH_SIZE * self.accu_step
-        self.optimizer = OPTIMIZERS.build(opt_cfg, logger=self.logger, parameters=self.trainable_parameters())
+            opt_cfg.LEARNING_RATE *= we.world_size * self.datas['train'].cfg.BATCH_SIZE * self.step_settings.accu_step
+        params = self.trainable_parameters()
+        self.optimizer = OPTIMIZERS.build(opt_cfg, logger=self.logger, parameters=params)
         if self.cfg.LR_SCHEDULER:
             self.lr_scheduler = LR_SCHEDULERS.build(self.cfg.LR_SCHEDULER, logger=self.logger,
-                                                    optimizer=self.optimizer, total_steps=self.max_steps)
+                                                    optimizer=self.optimizer, total_steps=self.state.max_steps)
         if self.use_amp and self.dtype == torch.float16:
             self.scaler = torch.amp.GradScaler(we.device.type)
-        n_train = sum(p.numel() for p in self.trainable_parameters())
+        self.stepper = TrainStep(self.model, self.optimizer, self.step_settings, parameters=params,
+                                 lr_scheduler=self.lr_scheduler, scaler=self.scaler, autocast=self.autocast,
+                                 logger=self.logger)
+        n_train = sum(p.numel() for p in params)
         n_all = sum(p.numel() for p in self.model.parameters())
         self.logger.info(f'parameters: {n_train:,} trainable of {n_all:,}')
 
@@ -209,7 +208,7 @@ class BaseSolver(BaseObject):
         from ..data.loader import build_dataloader
         data = self.datas['train']
         return build_dataloader(data, seed=self.cfg.SEED, rank=we.rank, world_size=we.world_size,
-                                start_sample=self.total_iter * data.cfg.BATCH_SIZE)
+                                start_sample=self.state.total_iter * data.cfg.BATCH_SIZE)
 
     def batches(self) -> Iterator[dict[str, Any]]:
         """Training batches on the device. The loader iterator is created here, eagerly:
@@ -218,14 +217,14 @@ class BaseSolver(BaseObject):
 
         def gen() -> Iterator[dict[str, Any]]:
             for batch in it:
-                self.skipped_samples += int(batch.pop('_skipped', 0) or 0)
-                yield _to_device(batch, we.device)
+                self.state.skipped_samples += int(batch.pop('_skipped', 0) or 0)
+                yield to_device(batch, we.device)
         return gen()
 
     def run_train(self) -> None:
         data_iter = self.batches()
         self.begin_train()
-        while self.step < self.max_steps:
+        while self.state.step < self.state.max_steps:
             self.call_hooks('before_iter')
             t0 = time.perf_counter()
             batch = next(data_iter)
@@ -235,26 +234,20 @@ class BaseSolver(BaseObject):
     def begin_train(self) -> None:
         self.model.train()
         self.call_hooks('before_all_iter')
-        if self._resume_state is not None:  # restore RNGs last: loader creation must not shift them
-            if self._resume_state['rng'] is not None:
-                ckpt.set_rng_state(self._resume_state['rng'])
-            else:  # resumed with another world size: fresh streams, not those of step 0 again
-                from ..data.samplers import mix_seed
-                we.seed_all(mix_seed(self.cfg.SEED, self.step) % 2 ** 31)
+        ckpt.restore_rng(self._resume, self.cfg.SEED, self.state.step)  # last: loader creation must not shift it
 
     def train_step(self, batch: dict[str, Any], t0: float, t1: float) -> None:
-        """One micro-batch: forward, then the hooks (backward, optimizer step, log, checkpoint).
-        `t0`/`t1`: when fetching the batch began and ended."""
-        with self.autocast():
-            self.iter_outputs = self.model(**batch)
-        self.total_iter += 1
-        self.is_step_end = self.total_iter % self.accu_step == 0
-        self.step += int(self.is_step_end)
+        """One micro-batch: the training step (forward, backward and, at a step end, the
+        optimizer and LR steps), then the hooks (EMA, log, probe, checkpoint), then a periodic
+        evaluation. `t0`/`t1`: when fetching the batch began and ended."""
+        self.stepper(batch, self.state)
         self.call_hooks('after_iter')
-        self.timing['data'] += t1 - t0
-        self.timing['iter'] += time.perf_counter() - t0
-        self.timing['samples'] += self.datas['train'].cfg.BATCH_SIZE
-        if self.is_step_end and self.cfg.EVAL_INTERVAL and self.step % self.cfg.EVAL_INTERVAL == 0 \
+        timing = self.state.timing
+        timing['data'] += t1 - t0
+        timing['iter'] += time.perf_counter() - t0
+        timing['samples'] += self.datas['train'].cfg.BATCH_SIZE
+        step = self.state.step
+        if self.state.is_step_end and self.cfg.EVAL_INTERVAL and step % self.cfg.EVAL_INTERVAL == 0 \
                 and 'eval' in self.datas:
             self.run_eval()
             self.model.train()
@@ -270,100 +263,10 @@ class BaseSolver(BaseObject):
     def is_fsdp(self) -> bool:
         return bool(self.cfg.USE_FSDP) and we.is_distributed and self.wrap_model
 
-    def model_state(self) -> dict[str, torch.Tensor]:
-        """The weights a checkpoint keeps (whole, also under FSDP: there all ranks call and
-        rank 0 gets them)."""
-        if self.is_fsdp:
-            from ..fsdp import full_model_state
-            sd = full_model_state(self.model)
-            if self.cfg.TUNER:
-                from ..tuners import tuner_state_dict
-                keys = set(tuner_state_dict(self.unwrapped_model, ema=True))
-                return {k: v for k, v in sd.items() if k in keys}
-        elif self.cfg.TUNER:  # a tuned run saves its adapters only (and the EMA copy's, with USE_EMA)
-            from ..tuners import tuner_state_dict
-            return tuner_state_dict(self.unwrapped_model, ema=True)
-        else:
-            sd = self.unwrapped_model.state_dict()
-        keep = tuple(self.cfg.SAVE_MODULES or ())
-        return {k: v for k, v in sd.items() if not keep or k.startswith(keep)}
-
-    def training_state(self) -> dict[str, Any]:
-        """Everything besides the weights that an exact resume needs (all ranks call: the RNG
-        states of every rank are gathered, FSDP gathers the optimizer state)."""
-        from ..dist import all_gather
-        hooks = {f'{i}:{type(h).__name__}': h.state_dict() for i, h in enumerate(self.hooks.get('train', []))}
-        optimizer = self.optimizer.state_dict() if self.optimizer else None
-        if self.is_fsdp:
-            from ..fsdp import full_optimizer_state, full_tensors
-            optimizer = full_optimizer_state(self.model, self.optimizer) if self.optimizer else None
-            hooks = full_tensors(hooks)
-        rng = ckpt.rng_state()
-        return {
-            'step': self.step, 'total_iter': self.total_iter, 'epoch': self.epoch,
-            'optimizer': optimizer, 'optimizer_by_name': self.is_fsdp,
-            'lr_scheduler': self.lr_scheduler.state_dict() if self.lr_scheduler else None,
-            'scaler': self.scaler.state_dict() if self.scaler else None,
-            'hooks': hooks, 'skipped_samples': self.skipped_samples, 'world_size': we.world_size,
-            'rng': rng, 'rng_per_rank': all_gather(rng) if we.is_distributed else [rng],
-        }
-
-    def save_checkpoint(self, with_state: bool = True) -> Path | None:
-        """Write the checkpoint tree for the current step. All ranks call (FSDP gathers the
-        weights); rank 0 writes; nobody goes on before it is on disk."""
-        weights = self.model_state()
-        state = self.training_state() if with_state else None
-        out = self.work_dir / 'checkpoints' / ckpt.step_dir_name(self.step)
-        if we.is_main:
-            ckpt.write_checkpoint(out.parent, self.step, weights, state, Config(self.cfg_root or {}).to_yaml(),
-                                  metadata=self.checkpoint_metadata())
-        self.last_checkpoint = str(out)  # on every rank: hooks decide from it, all ranks alike
-        from ..dist import barrier
-        barrier()
-        return out
-
-    cfg_root: Config | None = None  # the whole recipe, saved beside each checkpoint
-
-    def checkpoint_metadata(self) -> dict[str, str]:
-        """safetensors metadata of the weights: a tuned run's adapter configs and base-model
-        hash, so that its checkpoint loads as an adapter file anywhere."""
-        if not self.cfg.TUNER:
-            return {}
-        from ..tuners import adapter_metadata
-        return adapter_metadata(self.unwrapped_model)
+    def save_checkpoint(self, with_state: bool = True, keep_last: int = 0) -> Path:
+        """The checkpoint tree of the current step (all ranks call; rank 0 writes and keeps the
+        newest `keep_last`, 0: all)."""
+        return ckpt.save(self, with_state, keep_last)
 
     def load_checkpoint(self, checkpoint: str) -> None:
-        step_dir = ckpt.resolve_checkpoint(checkpoint, self.work_dir)
-        from ..checkpoint import load_into, load_state_dict
-        if self.is_fsdp:  # each rank reads the whole file and keeps its shard
-            from ..fsdp import load_full_model_state
-            report = load_full_model_state(self.model, load_state_dict(step_dir / ckpt.WEIGHTS))
-        else:
-            report = load_into(self.unwrapped_model, load_state_dict(step_dir / ckpt.WEIGHTS), logger=self.logger)
-        self.logger.info(f'resumed weights from {step_dir}: {report}')
-        state = None if self.cfg.LOAD_MODEL_ONLY else ckpt.read_training_state(step_dir)
-        if state is None:
-            return
-        self.step, self.total_iter, self.epoch = state['step'], state['total_iter'], state['epoch']
-        if state['world_size'] != we.world_size:  # keep the number of samples seen, not the iteration count
-            self.total_iter = self.total_iter * state['world_size'] // we.world_size
-        if self.optimizer is not None and state.get('optimizer_by_name'):  # written under FSDP
-            from ..fsdp import load_full_optimizer_state
-            load_full_optimizer_state(self.model, self.optimizer, state['optimizer'])
-        for obj, key in ((self.optimizer, 'optimizer'), (self.lr_scheduler, 'lr_scheduler'), (self.scaler, 'scaler')):
-            if obj is not None and state.get(key) is not None and not (key == 'optimizer' and state.get('optimizer_by_name')):
-                obj.load_state_dict(state[key])
-        hooks = state['hooks']
-        if self.is_fsdp:  # saved whole: shard what belongs to sharded parameters (EMA shadows)
-            from ..fsdp import shard_like
-            hooks = shard_like(hooks, self.model)
-        for i, hook in enumerate(self.hooks.get('train', [])):
-            hook.load_state_dict(hooks.get(f'{i}:{type(hook).__name__}', {}))
-        self.skipped_samples = state.get('skipped_samples', 0)
-        # Each rank continues its own random streams; with another world size the ranks get
-        # fresh ones (seeded from the step), and only the data position carries over.
-        per_rank = state.get('rng_per_rank') or [state['rng']]
-        same_world = state['world_size'] == we.world_size and len(per_rank) == we.world_size
-        self._resume_state = {**state, 'rng': per_rank[we.rank] if same_world else None}
-        self.last_checkpoint = str(step_dir)
-        self.logger.info(f'resuming at step {self.step} from {step_dir}')
+        self._resume = ckpt.load(self, checkpoint)

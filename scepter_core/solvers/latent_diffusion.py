@@ -35,7 +35,6 @@ class LatentDiffusionSolver(BaseSolver):
     def __init__(self, cfg: Config | dict, logger: logging.Logger | None = None, mode: str = 'train'):
         super().__init__(cfg, logger, mode)
         self.eval_outputs: list[dict[str, Any]] = []
-        self.metric_values: dict[str, float] = {}
 
     @property
     def sample_args(self) -> dict[str, Any]:
@@ -137,7 +136,7 @@ class LatentDiffusionSolver(BaseSolver):
         if 'eval' not in self.datas:
             return
         values = self._run_prompts('eval', self.work_dir / 'eval' / f'step-{self.step:06d}')
-        self.metric_values = values
+        self.state.metric_values = values
         if values:
             self.logger.info(f'eval step {self.step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in values.items()))
         self.call_hooks('after_iter', which='eval')
@@ -145,7 +144,7 @@ class LatentDiffusionSolver(BaseSolver):
 
     def run_test(self) -> None:
         values = self._run_prompts('test', self.work_dir / 'test')
-        self.metric_values = values
+        self.state.metric_values = values
         self.call_hooks('after_iter', which='test')
         self.logger.info(f"test: {len(self.eval_outputs)} images in {self.work_dir / 'test'}")
 

@@ -1,4 +1,5 @@
-"""Checkpoint trees: atomic directories of weights (safetensors) and training state.
+"""Checkpoint trees: atomic directories of weights (safetensors) and training state, and
+the solver's side of them (what a checkpoint keeps of a solver, and restoring it).
 
 Layout: WORK_DIR/checkpoints/step-000100/{model.safetensors, training_state.pt, config.yaml}
 and WORK_DIR/checkpoints/latest (a one-line pointer). A directory is written under a
@@ -10,13 +11,18 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ..checkpoint import LATEST, WEIGHTS, find_step_dir, fsync_dir, save_state_dict
+from ..checkpoint import LATEST, WEIGHTS, find_step_dir, fsync_dir, load_into, load_state_dict, save_state_dict
+from ..config import Config
+from ..env import we
 from ..errors import CheckpointError
+
+if TYPE_CHECKING:
+    from .base import BaseSolver
 
 STATE = 'training_state.pt'
 
@@ -111,3 +117,126 @@ def read_training_state(step_dir: Path) -> dict[str, Any] | None:
         return torch.load(f, map_location='cpu', weights_only=True)
     except Exception as e:
         raise CheckpointError(f"cannot read training state '{f}': {e}") from e
+
+
+# ---- a solver's checkpoint ------------------------------------------------------------------
+
+def model_state(solver: BaseSolver) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint keeps (whole, also under FSDP: there all ranks call and rank 0
+    gets them). A tuned run keeps its adapters only (and the EMA copy's, with USE_EMA)."""
+    cfg = solver.cfg
+    if solver.is_fsdp:
+        from ..fsdp import full_model_state
+        sd = full_model_state(solver.model)
+        if cfg.TUNER:
+            from ..tuners import tuner_state_dict
+            keys = set(tuner_state_dict(solver.unwrapped_model, ema=True))
+            return {k: v for k, v in sd.items() if k in keys}
+    elif cfg.TUNER:
+        from ..tuners import tuner_state_dict
+        return tuner_state_dict(solver.unwrapped_model, ema=True)
+    else:
+        sd = solver.unwrapped_model.state_dict()
+    keep = tuple(cfg.SAVE_MODULES or ())
+    return {k: v for k, v in sd.items() if not keep or k.startswith(keep)}
+
+
+def _hook_key(i: int, hook: Any) -> str:
+    return f'{i}:{type(hook).__name__}'
+
+
+def training_state(solver: BaseSolver) -> dict[str, Any]:
+    """Everything besides the weights that an exact resume needs (all ranks call: the RNG
+    states of every rank are gathered, FSDP gathers the optimizer state)."""
+    from ..dist import all_gather
+    hooks = {_hook_key(i, h): h.state_dict() for i, h in enumerate(solver.hooks.get('train', []))}
+    optimizer = solver.optimizer.state_dict() if solver.optimizer else None
+    if solver.is_fsdp:
+        from ..fsdp import full_optimizer_state, full_tensors
+        optimizer = full_optimizer_state(solver.model, solver.optimizer) if solver.optimizer else None
+        hooks = full_tensors(hooks)
+    rng = rng_state()
+    return {
+        **solver.state.counters(), 'optimizer': optimizer, 'optimizer_by_name': solver.is_fsdp,
+        'lr_scheduler': solver.lr_scheduler.state_dict() if solver.lr_scheduler else None,
+        'scaler': solver.scaler.state_dict() if solver.scaler else None,
+        'hooks': hooks, 'world_size': we.world_size,
+        'rng': rng, 'rng_per_rank': all_gather(rng) if we.is_distributed else [rng],
+    }
+
+
+def adapter_metadata(solver: BaseSolver) -> dict[str, str]:
+    """safetensors metadata of a tuned run's weights: its adapter configs and base-model hash,
+    so that its checkpoint loads as an adapter file anywhere."""
+    if not solver.cfg.TUNER:
+        return {}
+    from ..tuners import adapter_metadata as metadata
+    return metadata(solver.unwrapped_model)
+
+
+def save(solver: BaseSolver, with_state: bool = True, keep_last: int = 0) -> Path:
+    """Write the checkpoint tree of the current step and keep the newest `keep_last` (0: all).
+    All ranks call (FSDP gathers the weights); rank 0 writes; nobody goes on before it is on disk."""
+    weights = model_state(solver)
+    state = training_state(solver) if with_state else None
+    out = solver.work_dir / 'checkpoints' / step_dir_name(solver.state.step)
+    if we.is_main:
+        write_checkpoint(out.parent, solver.state.step, weights, state, Config(solver.cfg_root or {}).to_yaml(),
+                         metadata=adapter_metadata(solver))
+        prune(out.parent, keep_last)
+    solver.state.last_checkpoint = str(out)  # on every rank: hooks decide from it, all ranks alike
+    from ..dist import barrier
+    barrier()
+    return out
+
+
+def load(solver: BaseSolver, checkpoint: str) -> dict[str, Any] | None:
+    """Restore weights and (without LOAD_MODEL_ONLY) optimizer, scheduler, scaler, hooks and
+    counters. Returns `{'rng': this rank's RNG state or None}` for `restore_rng` once the
+    loaders exist, or None when only weights were loaded."""
+    step_dir = resolve_checkpoint(checkpoint, solver.work_dir)
+    if solver.is_fsdp:  # each rank reads the whole file and keeps its shard
+        from ..fsdp import load_full_model_state
+        report = load_full_model_state(solver.model, load_state_dict(step_dir / WEIGHTS))
+    else:
+        report = load_into(solver.unwrapped_model, load_state_dict(step_dir / WEIGHTS), logger=solver.logger)
+    solver.logger.info(f'resumed weights from {step_dir}: {report}')
+    saved = None if solver.cfg.LOAD_MODEL_ONLY else read_training_state(step_dir)
+    if saved is None:
+        return None
+    st = solver.state
+    for key in st.COUNTERS:
+        setattr(st, key, int(saved.get(key, 0)))
+    if saved['world_size'] != we.world_size:  # keep the number of samples seen, not the iteration count
+        st.total_iter = st.total_iter * saved['world_size'] // we.world_size
+    by_name = saved.get('optimizer_by_name')
+    if solver.optimizer is not None and by_name:  # written under FSDP
+        from ..fsdp import load_full_optimizer_state
+        load_full_optimizer_state(solver.model, solver.optimizer, saved['optimizer'])
+    for obj, key in ((solver.optimizer, 'optimizer'), (solver.lr_scheduler, 'lr_scheduler'), (solver.scaler, 'scaler')):
+        if obj is not None and saved.get(key) is not None and not (key == 'optimizer' and by_name):
+            obj.load_state_dict(saved[key])
+    hooks = saved['hooks']
+    if solver.is_fsdp:  # saved whole: shard what belongs to sharded parameters (EMA shadows)
+        from ..fsdp import shard_like
+        hooks = shard_like(hooks, solver.model)
+    for i, hook in enumerate(solver.hooks.get('train', [])):
+        hook.load_state_dict(hooks.get(_hook_key(i, hook), {}))
+    # Each rank continues its own random streams; with another world size the ranks get
+    # fresh ones (seeded from the step), and only the data position carries over.
+    per_rank = saved.get('rng_per_rank') or [saved['rng']]
+    same_world = saved['world_size'] == we.world_size and len(per_rank) == we.world_size
+    st.last_checkpoint = str(step_dir)
+    solver.logger.info(f'resuming at step {st.step} from {step_dir}')
+    return {'rng': per_rank[we.rank] if same_world else None}
+
+
+def restore_rng(resume: dict[str, Any] | None, seed: int, step: int) -> None:
+    """At the start of training, after the loaders were made (making them draws random numbers)."""
+    if resume is None:
+        return
+    if resume['rng'] is not None:
+        set_rng_state(resume['rng'])
+    else:  # resumed with another world size: fresh streams, not those of step 0 again
+        from ..data.samplers import mix_seed
+        we.seed_all(mix_seed(seed, step) % 2 ** 31)

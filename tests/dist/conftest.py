@@ -43,22 +43,23 @@ class TraceHook(BaseHook):
             f.write(str(os.getpid()))
 
     def after_iter(self, solver):
-        if not solver.is_step_end:
+        st = solver.state
+        if not st.is_step_end:
             return
         h = hashlib.sha256()
         for k, v in sorted(solver.unwrapped_model.state_dict().items()):
             v = v.full_tensor() if hasattr(v, 'full_tensor') else v  # FSDP: the whole tensor
             h.update(k.encode())
             h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
-        rec = {'step': solver.step, 'rank': we.rank, 'world': we.world_size, 'indices': list(SEEN),
-               'weights': h.hexdigest(), 'val_loss': solver.log_values.get('val_loss')}
+        rec = {'step': st.step, 'rank': we.rank, 'world': we.world_size, 'indices': list(SEEN),
+               'weights': h.hexdigest(), 'val_loss': st.log_values.get('val_loss')}
         SEEN.clear()
         with open(os.path.join(solver.work_dir, f'trace-rank{we.rank}.jsonl'), 'a') as f:
             f.write(json.dumps(rec) + '\\n')
-        if we.rank == self.cfg.DIE_RANK and solver.step == self.cfg.DIE_STEP:
+        if we.rank == self.cfg.DIE_RANK and st.step == self.cfg.DIE_STEP:
             if self.cfg.DIE_HOW == 'kill':
                 os.kill(os.getpid(), signal.SIGKILL)
-            raise RuntimeError(f'rank {we.rank} breaks down on purpose at step {solver.step}')
+            raise RuntimeError(f'rank {we.rank} breaks down on purpose at step {st.step}')
 '''
 
 

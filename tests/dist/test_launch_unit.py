@@ -54,16 +54,3 @@ def test_spawn_with_one_process_runs_the_function_here(monkeypatch):
     for k in ('RANK', 'WORLD_SIZE', 'TORCHELASTIC_RUN_ID'):
         monkeypatch.delenv(k, raising=False)
     assert launch(Config({'ENV': {'DEVICE': 'cpu', 'NUM_PROCESSES': 1}}), fn=lambda c: c.ENV.DEVICE) == 'cpu'
-
-
-def test_dist_sampler_hook_counts_epochs_over_all_samples():
-    from types import SimpleNamespace
-    from scepter_core.hooks.dist_sampler import DistSamplerHook
-    from scepter_core.registry import DATASETS
-    data = DATASETS.build({'NAME': 'ShapesDataset', 'IMAGE_SIZE': 16, 'NUM_SAMPLES': 10, 'BATCH_SIZE': 4})
-    solver = SimpleNamespace(datas={'train': data}, total_iter=0, epoch=0)
-    hook, epochs = DistSamplerHook(), []
-    for solver.total_iter in range(1, 7):  # 4 samples per micro-batch, 10 records
-        hook.after_iter(solver)
-        epochs.append(solver.epoch)
-    assert epochs == [0, 0, 1, 1, 2, 2]
