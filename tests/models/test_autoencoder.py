@@ -47,7 +47,7 @@ def test_attention_hands_sdpa_unit_stride_channels_in_every_layout_and_cast(monk
     # CUDA's memory-efficient SDPA kernel needs unit stride along the head dim; strided q/k/v
     # fall back to the math path, which holds the whole score matrix.
     from scepter_core.models.autoencoders import vae_blocks
-    from scepter_core.solvers.fast_paths import cast_frozen_modules
+    from scepter_core.accel.switches import cast_frozen_modules
     seen = []
 
     def spy(q, k, v):

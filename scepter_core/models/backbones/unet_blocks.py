@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..fast_layers import Conv2d, Linear
+from torch.nn import Conv2d, Linear
 
 
 def maybe_checkpoint(module: nn.Module, fn: Callable, *args: torch.Tensor | None) -> torch.Tensor:
