@@ -78,8 +78,9 @@ def can_pack() -> bool:
 def inference_layout(x: torch.Tensor) -> torch.memory_format:
     """The memory format a network should run `x` in: channels_last where its convolutions
     will use packed weights (oneDNN answers in it, so no layout changes between layers)."""
-    packs = (_SCOPES[0] > 0 and not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
-             and not autocast_on() and not torch.compiler.is_compiling() and pack_limit_bytes() > 0 and can_pack())
+    packs = (_SCOPES[0] > 0 and not torch.is_grad_enabled() and x.device.type == 'cpu'
+             and x.dtype == torch.float32 and not autocast_on() and not torch.compiler.is_compiling()
+             and pack_limit_bytes() > 0 and can_pack())
     return torch.channels_last if packs else torch.contiguous_format
 
 

@@ -53,7 +53,7 @@ def test_attention_hands_sdpa_unit_stride_channels_in_every_layout_and_cast(monk
     def spy(q, k, v):
         seen.append([t.stride(-1) for t in (q, k, v)])
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    monkeypatch.setattr(vae_blocks, 'attention', spy)
+    monkeypatch.setattr(vae_blocks.AttnBlock, 'attention', staticmethod(spy))
     torch.manual_seed(0)
     block = vae_blocks.AttnBlock(64).eval()
     x = torch.randn(2, 64, 8, 8)
