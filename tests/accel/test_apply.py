@@ -129,10 +129,10 @@ def test_one_log_line_names_the_paths(monkeypatch, caplog):
 def test_lora_on_a_swapped_model(onednn_everywhere, lora_first):
     """peft wraps the swapped layers (or accel swaps the layers inside peft's wrappers): same
     keys, outputs and adapter gradients as LoRA on the stock model."""
+    from peft.tuners.lora import LoraLayer
     from tuners.lora_helpers import lora_blocks, randomize_adapters
 
     from scepter_core.tuners import apply_tuners
-    from peft.tuners.lora import LoraLayer
     models = []
     for fast in (False, True):
         model = tiny_ldm()

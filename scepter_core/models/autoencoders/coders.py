@@ -6,13 +6,13 @@ import logging
 
 import torch
 from torch import nn
+from torch.nn import Conv2d
 
 from ...config import Config
 from ...registry import BACKBONES
 from ..base import TrainModule
 from ..backbones.unet_blocks import silu
 from .vae_blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
-from torch.nn import Conv2d
 
 
 def _level(blocks: list[nn.Module], attns: list[nn.Module], resample: tuple[str, nn.Module] | None) -> nn.Module:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn import Conv2d
 
 from ..backbones.unet_blocks import silu
-from torch.nn import Conv2d
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import Conv2d, Linear
 
 from ...config import Config
 from ...errors import ConfigError
 from ...registry import BACKBONES
-from torch.nn import Conv2d, Linear
 from ..base import TrainModule
 from .attention import SpatialTransformer
 from .unet_blocks import Downsample, EmbedSequential, ResBlock, TimestepEmbedding, Upsample
