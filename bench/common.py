@@ -50,10 +50,11 @@ def unet_twins(block: dict, seed: int = 0) -> tuple[Any, Any]:
     import torch
     from diffusers import UNet2DConditionModel
 
+    from scepter_core import accel
     from scepter_core.convert import diffusers_unet_config, unet_keymap
     from scepter_core.registry import BACKBONES
     torch.manual_seed(seed)
-    ours = BACKBONES.build(dict(block))
+    ours = accel.apply(BACKBONES.build(dict(block)), 'train')  # as the solver does
     theirs = UNet2DConditionModel.from_config(diffusers_unet_config(dict(block)))
     theirs.load_state_dict(unet_keymap(dict(block)).to_theirs(ours.state_dict()), strict=True)
     return ours, theirs

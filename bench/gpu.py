@@ -174,7 +174,7 @@ def train_rows(run: Run, side: str, unet: torch.nn.Module, block: Any, layout: s
     if layout == 'channels_last':
         unet.to(memory_format=torch.channels_last)
     if compiled:
-        from scepter_core.solvers.fast_paths import compile_model
+        from scepter_core.accel.switches import compile_model
         if not compile_model(unet, dev, logging.getLogger('bench')):
             run.note('torch.compile unavailable: compiled rows skipped')
             return
@@ -258,7 +258,7 @@ def bench_sample(run: Run) -> None:
     import sampling  # bench/sampling.py: the pipeline assembled from our weights
 
     from scepter_core.registry import MODELS
-    from scepter_core.solvers.fast_paths import cast_parameters, compile_model
+    from scepter_core.accel.switches import cast_parameters, compile_model
     args, dev = run.args, run.dev
     block = model_block(args.small)
     torch.manual_seed(0)

@@ -21,6 +21,7 @@ PROMPT, N_PROMPT = 'a red circle on a white background', ''
 
 
 def build_ours() -> torch.nn.Module:
+    from scepter_core import accel
     from scepter_core.registry import MODELS
     blocks = tiny_model_blocks()
     blocks.FIRST_STAGE_MODEL.PRETRAINED_MODEL = None  # random weights: no trained stage 1 needed
@@ -30,7 +31,7 @@ def build_ours() -> torch.nn.Module:
     for p in model.parameters():  # zero-initialised output layers would make every image alike
         if p.abs().sum() == 0:
             torch.nn.init.normal_(p, std=0.02)
-    return model.requires_grad_(False)
+    return accel.apply(model.requires_grad_(False), 'infer')  # as `scepter infer` does
 
 
 def build_pipeline(ours: torch.nn.Module):

@@ -62,8 +62,9 @@ def child(side: str, mode: str, args: argparse.Namespace) -> dict:
     base_mb = high_water_mb()
     torch.manual_seed(0)
     if side == 'ours':
+        from scepter_core import accel
         from scepter_core.registry import BACKBONES
-        model = BACKBONES.build(cfg)
+        model = accel.apply(BACKBONES.build(cfg), 'train' if mode == 'fwdbwd' else 'infer')
     else:
         from diffusers import UNet2DConditionModel
 
@@ -86,7 +87,7 @@ def child(side: str, mode: str, args: argparse.Namespace) -> dict:
 
     model.train(mode == 'fwdbwd').requires_grad_(mode == 'fwdbwd')
     grad = torch.enable_grad() if mode == 'fwdbwd' else torch.inference_mode()
-    from scepter_core.models.fast_layers import packed_weights
+    from scepter_core.accel import packed_weights
     scope = packed_weights() if args.packed and side == 'ours' and mode == 'fwd' else contextlib.nullcontext()
     with grad, scope:
         counter = FlopCounterMode(display=False)

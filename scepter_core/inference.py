@@ -134,9 +134,11 @@ def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: s
     solver = cfg.get('SOLVER') or Config()
     dtype = {'float16': torch.float16, 'bfloat16': torch.bfloat16}.get(solver.get('DTYPE'), torch.float32)
     amp = bool(solver.get('USE_AMP')) and we.device.type != 'cpu'
-    from .solvers.fast_paths import apply_model_switches, cast_parameters
+    from .accel import apply
+    from .accel.switches import apply_model_switches, cast_parameters
     if amp:  # nothing trains here: hold the weights in the compute dtype (no re-cast at every step)
         cast_parameters(model.requires_grad_(False), dtype)
+    apply(model, 'infer', solver, logger)  # the CPU fast paths, as `scepter test` applies them
     apply_model_switches(model, solver, we.device, logger)
     with torch.inference_mode(), device_autocast(we.device, dtype, enabled=amp):
         outs = model.forward_test(prompt=list(prompts), show_progress=True, **kwargs)

@@ -2,6 +2,7 @@
 denoiser, and runs a registered sampler function over it (mixed into GaussianDiffusion)."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from typing import Any, Callable, Sequence
@@ -11,7 +12,6 @@ import torch
 from ..errors import ConfigError
 from ..registry import DIFFUSION_SAMPLERS
 from ..env import we
-from ..models.fast_layers import packed_weights
 from ..utils.progress import progress_bar
 from .cuda_graph import maybe_graphed
 from .guidance import constrain_x0
@@ -113,6 +113,7 @@ class SamplingMixin:
                                   f'(ddim and ddpm take strided steps)')
             kwargs['sigmas_to'] = self.strided_sigmas(ts)[start:]
         x_init, generator = _initial_state(noise, x, start > 0, float(sigmas[0]), seed)
+        constant_weights = getattr(model, 'constant_weights', contextlib.nullcontext)
         model = maybe_graphed(model, cuda_graph and condition_fn is None, x_init.device, self.logger)
         denoise = constrain_x0(self.denoiser(model, model_kwargs, guide_scale, guide_rescale),
                                clamp, percentile, condition_fn)
@@ -125,7 +126,7 @@ class SamplingMixin:
             options, ignored = _accepted(fn, {'generator': generator, 'callback': on_step, **kwargs})
             if ignored:
                 self.logger.warning(f'sample: solver {name!r} takes no option(s) {", ".join(ignored)}; ignored')
-            with packed_weights():  # weights are constant while the sampler runs
+            with constant_weights():  # packs conv weights where accel prepared the model
                 out = fn(denoise, x_init, sigmas, **options)
         return (out, intermediates) if return_intermediate is not None else out
 

@@ -1,8 +1,9 @@
 """Bases of every registered network: `Class(cfg, logger=None)` on an nn.Module."""
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -43,6 +44,19 @@ class TrainModule(nn.Module, Configurable):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def weights_constant(method: Callable) -> Callable:
+    """Run `method` inside `self.constant_weights()` when the model has that attribute (the CPU
+    fast paths attach one after build: convolution weights may be packed while it is open)."""
+    @functools.wraps(method)
+    def run(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        scope = getattr(self, 'constant_weights', None)
+        if scope is None:
+            return method(self, *args, **kwargs)
+        with scope():
+            return method(self, *args, **kwargs)
+    return run
 
 
 class BaseModel(TrainModule):

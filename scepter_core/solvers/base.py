@@ -20,7 +20,7 @@ from ..hooks.base import LoopState
 from ..models.base import device_autocast
 from ..registry import DATASETS, HOOKS, LR_SCHEDULERS, METRICS, MODELS, OPTIMIZERS
 from . import state as ckpt
-from .fast_paths import apply_model_fast_paths, apply_train_fast_paths
+from ..accel.switches import apply_model_fast_paths, apply_train_fast_paths
 from .step import StepSettings, TrainStep
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
@@ -43,6 +43,8 @@ class BaseSolver(BaseObject):
         'USE_AMP': {'value': False, 'description': 'Mixed precision (autocast) in DTYPE.'},
         'DTYPE': {'value': 'float32', 'choices': tuple(DTYPES), 'description': 'Autocast dtype with USE_AMP.'},
         'CHANNELS_LAST': {'value': False, 'description': 'Use channels_last memory format for conv weights.'},
+        'CPU_FAST_PATHS': {'value': True, 'description': 'CPU fast paths (oneDNN linears, packed conv weights, '
+                                                         'fused attention) on a CPU model; SCEPTER_CPU_FAST_PATHS=0 also turns them off.'},
         'RESCALE_LR': {'value': False, 'description': 'Multiply the learning rate by world size x batch size.'},
         'USE_FSDP': {'value': False, 'description': 'Shard the model with FSDP (multi-process).'},
         'SHARDING_STRATEGY': {'value': None, 'type': str, 'description': 'FSDP: full_shard | shard_grad_op | hybrid_shard.'},
@@ -152,7 +154,7 @@ class BaseSolver(BaseObject):
 
     def model_to_device(self) -> None:
         self.model.to(we.device)
-        apply_model_fast_paths(self)  # CHANNELS_LAST, COMPILE (fast_paths.py)
+        apply_model_fast_paths(self)  # CPU_FAST_PATHS, CHANNELS_LAST, COMPILE (accel/)
         if not we.is_distributed or not self.wrap_model:
             return
         if any(p.requires_grad for p in self.model.parameters()) or self.cfg.USE_FSDP:
@@ -176,7 +178,7 @@ class BaseSolver(BaseObject):
         if 'train' not in self._mode_set or 'train' not in self.datas:
             return
         self._apply_freeze()
-        apply_train_fast_paths(self)  # frozen modules in the AMP dtype, CACHE_LATENTS (fast_paths.py)
+        apply_train_fast_paths(self)  # frozen modules in the AMP dtype, CACHE_LATENTS (accel/)
         opt_cfg = self.cfg.OPTIMIZER
         if self.cfg.RESCALE_LR:
             opt_cfg.LEARNING_RATE *= we.world_size * self.datas['train'].cfg.BATCH_SIZE * self.step_settings.accu_step

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scepter_core.diffusion.cuda_graph import GraphedCall, maybe_graphed
-from scepter_core.solvers.fast_paths import cast_parameters
+from scepter_core.accel.switches import cast_parameters
 
 
 def test_cpu_sampling_with_cuda_graph_matches_eager(make_diffusion, model_fn, caplog):

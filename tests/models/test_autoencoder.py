@@ -47,13 +47,13 @@ def test_attention_hands_sdpa_unit_stride_channels_in_every_layout_and_cast(monk
     # CUDA's memory-efficient SDPA kernel needs unit stride along the head dim; strided q/k/v
     # fall back to the math path, which holds the whole score matrix.
     from scepter_core.models.autoencoders import vae_blocks
-    from scepter_core.solvers.fast_paths import cast_frozen_modules
+    from scepter_core.accel.switches import cast_frozen_modules
     seen = []
 
     def spy(q, k, v):
         seen.append([t.stride(-1) for t in (q, k, v)])
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    monkeypatch.setattr(vae_blocks, 'attention', spy)
+    monkeypatch.setattr(vae_blocks.AttnBlock, 'attention', staticmethod(spy))
     torch.manual_seed(0)
     block = vae_blocks.AttnBlock(64).eval()
     x = torch.randn(2, 64, 8, 8)

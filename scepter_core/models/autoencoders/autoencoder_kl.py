@@ -8,12 +8,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn import Conv2d
 
 from ...config import Config
 from ...registry import BACKBONES, MODELS
 from ..base import TrainModule
 from .distributions import DiagonalGaussian
-from ..fast_layers import Conv2d
 
 
 FULL_SIZE_PIXELS = 512 * 512  # BATCH_SIZE counts images of this size (SD1.5's)

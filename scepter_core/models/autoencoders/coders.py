@@ -6,13 +6,13 @@ import logging
 
 import torch
 from torch import nn
+from torch.nn import Conv2d
 
 from ...config import Config
 from ...registry import BACKBONES
 from ..base import TrainModule
 from ..backbones.unet_blocks import silu
 from .vae_blocks import AttnBlock, Downsample, ResnetBlock, Upsample, group_norm
-from ..fast_layers import Conv2d, inference_layout
 
 
 def _level(blocks: list[nn.Module], attns: list[nn.Module], resample: tuple[str, nn.Module] | None) -> nn.Module:
@@ -54,9 +54,7 @@ class _Coder(TrainModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.USE_CHECKPOINT and self.training and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(self._forward, x, use_reentrant=False)
-        layout = inference_layout(x)  # channels_last throughout while its weights are packed
-        out = self._forward(x.contiguous(memory_format=layout))
-        return out.contiguous()  # NCHW for callers, whatever layout the last convolution used
+        return self._forward(x).contiguous()  # NCHW for callers, whatever the layers used
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

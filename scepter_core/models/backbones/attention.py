@@ -5,36 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn import Conv2d, Linear
 
-from ..fast_layers import Conv2d, Linear, linear
-from .fused_attention import fused_attention, fused_attention_applies
 from .unet_blocks import maybe_checkpoint
-
-
-HALF = (torch.bfloat16, torch.float16)
-# On the CPU, attention over at most this many query x key pairs runs as two matmuls and a
-# softmax: torch's flash kernel costs 1.5-3x more there (its fixed cost per block dominates
-# short sequences; bench/README.md); from 256 x 256 tokens on it is as fast and holds less.
-CPU_MATH_PAIRS = 128 * 128
-
-
-def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    scores = (q @ k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
-    return scores.softmax(dim=-1) @ v
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """SDPA. On the CPU, half-precision inputs run in fp32 (torch's CPU flash-attention backward
-    in bf16 is several times slower than in fp32, and fp32 is the more exact), and short
-    sequences skip the flash kernel (CPU_MATH_PAIRS)."""
-    if q.device.type != 'cpu':
-        return F.scaled_dot_product_attention(q, k, v)
-    dtype = q.dtype
-    with torch.autocast('cpu', enabled=False):  # autocast would cast back to half precision
-        q, k, v = q.float(), k.float(), v.float()
-        short = q.shape[-2] * k.shape[-2] <= CPU_MATH_PAIRS
-        out = _math_attention(q, k, v) if short else F.scaled_dot_product_attention(q, k, v)
-    return out.to(dtype)
 
 
 class CrossAttention(nn.Module):
@@ -51,16 +24,16 @@ class CrossAttention(nn.Module):
         self.to_v = Linear(context_dim, inner, bias=False)
         self.to_out = nn.Sequential(Linear(inner, query_dim), nn.Dropout(dropout))
 
+    attention = staticmethod(F.scaled_dot_product_attention)  # the kernel; a subclass may choose another
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         c = x if context is None else context
-        if x.shape[1] * c.shape[1] <= CPU_MATH_PAIRS and fused_attention_applies(self, x, c):
-            return fused_attention(self, x, context)  # small fp32 CPU training: one Function
         b, n, _ = x.shape
         # [B, L, H*D] -> [B, H, L, D] as strided views; SDPA accepts them without a copy.
         q = self.to_q(x).view(b, n, self.heads, -1).transpose(1, 2)
         k = self.to_k(c).view(b, c.shape[1], self.heads, -1).transpose(1, 2)
         v = self.to_v(c).view(b, c.shape[1], self.heads, -1).transpose(1, 2)
-        out = attention(q, k, v)
+        out = self.attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -165,7 +138,7 @@ class SpatialTransformer(nn.Module):
         # A 1x1 convolution is a linear map of the tokens: run as one it costs half of oneDNN's
         # convolution on small maps (training included) and needs no layout change of its own.
         # Wrapped projections (a LoRA layer) keep their module call.
-        as_conv = not self.use_linear and not (type(self.proj_in) is Conv2d and type(self.proj_out) is Conv2d)
+        as_conv = not self.use_linear and not (isinstance(self.proj_in, Conv2d) and isinstance(self.proj_out, Conv2d))
         tokens = self.norm(x)
         if as_conv:
             tokens = self.proj_in(tokens)
@@ -188,4 +161,4 @@ class SpatialTransformer(nn.Module):
     def _project(self, layer: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         if self.use_linear:
             return layer(tokens)
-        return linear(tokens, layer.weight.flatten(1), layer.bias)
+        return F.linear(tokens, layer.weight.flatten(1), layer.bias)

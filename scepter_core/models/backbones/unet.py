@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import Conv2d, Linear
 
 from ...config import Config
 from ...errors import ConfigError
 from ...registry import BACKBONES
-from ..fast_layers import Conv2d, Linear, inference_layout
 from ..base import TrainModule
 from .attention import SpatialTransformer
 from .unet_blocks import Downsample, EmbedSequential, ResBlock, TimestepEmbedding, Upsample
@@ -179,8 +179,7 @@ class DiffusionUNet(TrainModule):
             if not hasattr(self, 'label_emb'):
                 raise ConfigError("DiffusionUNet got cond['y'] but NUM_CLASSES is not set")
             emb = emb + self.label_emb(y)
-        layout = inference_layout(x)  # channels_last throughout while its weights are packed
-        h = self.input_blocks[0](x.contiguous(memory_format=layout))
+        h = self.input_blocks[0](x)
         skips = [h]
         for block in itertools.islice(self.input_blocks, 1, None):
             h = block(h, emb, context)
@@ -189,5 +188,4 @@ class DiffusionUNet(TrainModule):
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
-        out = self.out(h)
-        return out.contiguous() if layout is torch.channels_last else out
+        return self.out(h)

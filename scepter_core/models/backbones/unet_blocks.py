@@ -8,9 +8,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn import Conv2d, Linear
 from torch.utils.checkpoint import checkpoint
 
-from ..fast_layers import Conv2d, Linear
 
 
 def maybe_checkpoint(module: nn.Module, fn: Callable, *args: torch.Tensor | None) -> torch.Tensor:

@@ -12,7 +12,6 @@ from ...config import Config
 from ...errors import CheckpointError, ConfigError, did_you_mean
 from ...fs import FS, FileNotAvailable
 from ...registry import EMBEDDERS
-from ..fast_layers import use_fast_linear
 from ..tokenizers.clip_tokenizer import ClipTokenizer
 from .base import BaseEmbedder
 
@@ -124,7 +123,7 @@ class FrozenCLIPEmbedder(BaseEmbedder):
         else:
             from transformers import CLIPTextModel
             text_model = CLIPTextModel(build_text_config(Config(self.cfg.CONFIG).to_dict(), where))
-        self.transformer = use_fast_linear(nest_text_model(text_model))
+        self.transformer = nest_text_model(text_model)
         self.tokenizer = ClipTokenizer({'PRETRAINED_PATH': local, 'LENGTH': self.max_length}, logger=self.logger)
         self._check_layer(where)
         if self.freeze_flag:

@@ -14,8 +14,7 @@ from ...checkpoint import LoadReport, load_into, matches_any
 from ...config import Config
 from ...env import we
 from ...registry import BACKBONES, DIFFUSIONS, EMBEDDERS, LOSSES, MODELS, TOKENIZERS
-from ..base import TrainModule
-from ..fast_layers import packed_weights
+from ..base import TrainModule, weights_constant
 
 
 @MODELS.register_class()
@@ -50,7 +49,7 @@ class LatentDiffusion(TrainModule):
         'LOSS': {'value': None, 'registry': 'LOSSES', 'description': 'Elementwise loss block; LOSS_TYPE l2 when unset.'},
     }
 
-    latent_cache = None  # a LatentCache when SOLVER.CACHE_LATENTS is on (solvers/fast_paths.py)
+    latent_cache = None  # a LatentCache when SOLVER.CACHE_LATENTS is on (accel/switches.py)
 
     def __init__(self, cfg: Config | dict, logger: logging.Logger | None = None):
         super().__init__(cfg, logger=logger)
@@ -171,7 +170,7 @@ class LatentDiffusion(TrainModule):
 
     # ---- sampling ----------------------------------------------------------------------
     @torch.no_grad()
-    @packed_weights()
+    @weights_constant
     def forward_test(self, prompt: list[str] | None = None, n_prompt: list[str] | None = None,
                      sampler: str = 'ddim', sample_steps: int = 50, seed: int = 2023,
                      guide_scale: float = 7.5, guide_rescale: float = 0.5, discretization: str = 'trailing',

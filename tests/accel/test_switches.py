@@ -1,4 +1,4 @@
-"""Fast paths (scepter_core/solvers/fast_paths.py, models/networks/latent_cache.py): latent and
+"""Solver switches (scepter_core/accel/switches.py, models/networks/latent_cache.py): latent and
 text-embedding caching, frozen modules in the AMP dtype, torch.compile and its fallback, and
 a training run with all of them switched on."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from scepter_core.config import Config
 from scepter_core.launch import run_worker
 from scepter_core.models.networks.latent_cache import LatentCache
 from scepter_core.registry import MODELS
-from scepter_core.solvers.fast_paths import cast_frozen_modules, compile_model, compile_unsupported_reason
+from scepter_core.accel.switches import cast_frozen_modules, compile_model, compile_unsupported_reason
 
 LOG = logging.getLogger('test_fast_paths')
 PROMPTS = ['a red circle', 'a blue square', 'a red circle', 'a green triangle']

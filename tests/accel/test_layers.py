@@ -1,4 +1,5 @@
-"""The oneDNN fast layers: same numbers and gradients as nn.Linear / nn.Conv2d, used only where they should be."""
+"""The oneDNN fast layers (accel/gemm.py, layers.py, packing.py): same numbers and gradients as
+nn.Linear / nn.Conv2d, used only where they should be."""
 from __future__ import annotations
 
 import copy
@@ -7,8 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from scepter_core.models import fast_layers as fast_linear
-from scepter_core.models.fast_layers import _PACKED, Conv2d, Linear, linear, packed_weights, use_fast_linear
+from scepter_core.accel import gemm, packing
+from scepter_core.accel.gemm import linear
+from scepter_core.accel.layers import SWAPS, Conv2d, Linear, swap_classes
+from scepter_core.accel.packing import PACKED as _PACKED
+from scepter_core.accel.packing import packed_weights
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='torch built without oneDNN')
 
@@ -16,16 +20,16 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
 @pytest.fixture
 def forced(monkeypatch):
     """Force the oneDNN path for every size and count its calls."""
-    monkeypatch.setenv(fast_linear.ENV, 'onednn')
-    monkeypatch.setattr(fast_linear, 'MIN_MACS', 0)
-    monkeypatch.setattr(fast_linear, 'MIN_MACS_GRAD', 0)
+    monkeypatch.setenv(gemm.ENV, 'onednn')
+    monkeypatch.setattr(gemm, 'MIN_MACS', 0)
+    monkeypatch.setattr(gemm, 'MIN_MACS_GRAD', 0)
     calls = []
-    real = fast_linear._onednn
+    real = gemm.onednn
 
     def spy(x, w, b):
         calls.append((tuple(x.shape), tuple(w.shape)))
         return real(x, w, b)
-    monkeypatch.setattr(fast_linear, '_onednn', spy)
+    monkeypatch.setattr(gemm, 'onednn', spy)
     return calls
 
 
@@ -65,9 +69,9 @@ def test_frozen_weight_and_noncontiguous_input(forced):
 
 
 def test_inference_skips_autograd_and_small_products_stay_with_aten(monkeypatch):
-    monkeypatch.setenv(fast_linear.ENV, 'onednn')
+    monkeypatch.setenv(gemm.ENV, 'onednn')
     calls = []
-    monkeypatch.setattr(fast_linear, '_onednn', lambda x, w, b: calls.append(1) or nn.functional.linear(x, w, b))
+    monkeypatch.setattr(gemm, 'onednn', lambda x, w, b: calls.append(1) or nn.functional.linear(x, w, b))
     big, small = Linear(256, 256), Linear(8, 8)
     with torch.inference_mode():
         out = big(torch.randn(128, 256))
@@ -78,15 +82,15 @@ def test_inference_skips_autograd_and_small_products_stay_with_aten(monkeypatch)
 def test_matmul_t_and_weight_grads_keep_small_products_off_onednn(monkeypatch):
     # Each shape oneDNN sees keeps a JIT kernel (~0.6 MB) cached: small products must not reach it.
     calls = []
-    monkeypatch.setattr(fast_linear, '_onednn', lambda x, w, b: calls.append(x.shape) or nn.functional.linear(x, w, b))
+    monkeypatch.setattr(gemm, 'onednn', lambda x, w, b: calls.append(x.shape) or nn.functional.linear(x, w, b))
     g = torch.Generator().manual_seed(0)
     x_small, w_small = torch.randn(512, 64, generator=g), torch.randn(64, 64, generator=g)
     x_big, w_big = torch.randn(1024, 256, generator=g), torch.randn(256, 256, generator=g)
-    assert torch.allclose(fast_linear.matmul_t(x_small, w_small), x_small @ w_small.t(), atol=1e-5)
-    assert torch.allclose(fast_linear._weight_grad(x_small, x_small), x_small.t() @ x_small, atol=1e-3)
+    assert torch.allclose(gemm.matmul_t(x_small, w_small), x_small @ w_small.t(), atol=1e-5)
+    assert torch.allclose(gemm.weight_grad(x_small, x_small), x_small.t() @ x_small, atol=1e-3)
     assert calls == []
-    assert torch.allclose(fast_linear.matmul_t(x_big, w_big.t()), x_big @ w_big, atol=1e-4)
-    fast_linear._weight_grad(x_big, x_big)
+    assert torch.allclose(gemm.matmul_t(x_big, w_big.t()), x_big @ w_big, atol=1e-4)
+    gemm.weight_grad(x_big, x_big)
     assert calls == [(1024, 256), (256, 1024)]
 
 
@@ -97,18 +101,18 @@ def test_aten_choice_autocast_and_half_precision_fall_back(forced, monkeypatch):
         assert layer(x).dtype == torch.bfloat16
     layer.to(torch.bfloat16)(x.bfloat16())
     assert forced == []
-    monkeypatch.setenv(fast_linear.ENV, 'aten')
+    monkeypatch.setenv(gemm.ENV, 'aten')
     Linear(32, 32)(x)
     assert forced == []
 
 
 def test_bad_choice_names_the_variable(monkeypatch):
-    monkeypatch.setenv(fast_linear.ENV, 'mkl')
+    monkeypatch.setenv(gemm.ENV, 'mkl')
     with pytest.raises(ValueError, match='SCEPTER_CPU_GEMM'):
         linear(torch.randn(4096, 64), torch.randn(64, 64))
 
 
-def test_use_fast_linear_keeps_keys_and_numbers(forced):
+def test_swapping_a_transformers_model_keeps_keys_and_numbers(forced):
     from transformers import CLIPTextConfig, CLIPTextModel
     cfg = CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=16)
@@ -118,7 +122,7 @@ def test_use_fast_linear_keeps_keys_and_numbers(forced):
     keys = list(model.state_dict())
     with torch.no_grad():
         before = model(input_ids=ids).last_hidden_state
-        use_fast_linear(model)
+        swap_classes(model, SWAPS)
         after = model(input_ids=ids).last_hidden_state
     assert list(model.state_dict()) == keys
     assert all(type(m) is not nn.Linear for m in model.modules())
@@ -126,15 +130,15 @@ def test_use_fast_linear_keeps_keys_and_numbers(forced):
 
 
 def test_probe_decides_by_speed(monkeypatch):
-    monkeypatch.setenv(fast_linear.ENV, 'auto')
-    fast_linear._probe.cache_clear()
+    monkeypatch.setenv(gemm.ENV, 'auto')
+    gemm.probe_speedup.cache_clear()
     times = iter([1.0, 0.5])  # aten 1.0 s, oneDNN 0.5 s: 2x faster
-    monkeypatch.setattr(fast_linear, '_best_time', lambda fn, reps=5: next(times))
-    assert fast_linear.backend() == 'onednn'
-    fast_linear._probe.cache_clear()
+    monkeypatch.setattr(gemm, '_best_time', lambda fn, reps=5: next(times))
+    assert gemm.backend() == 'onednn'
+    gemm.probe_speedup.cache_clear()
     times = iter([1.0, 0.9])  # within MIN_SPEEDUP: keep torch's default
-    assert fast_linear.backend() == 'aten'
-    fast_linear._probe.cache_clear()
+    assert gemm.backend() == 'aten'
+    gemm.probe_speedup.cache_clear()
 
 
 # ---- Conv2d ------------------------------------------------------------------------------------
@@ -200,11 +204,11 @@ def test_training_and_limits_skip_packing(monkeypatch):
     with torch.no_grad():
         conv(x)  # outside packed_weights(): eager
     assert conv not in _PACKED
-    monkeypatch.setenv(fast_linear.PACK_ENV, '0')
+    monkeypatch.setenv(packing.PACK_ENV, '0')
     with torch.no_grad(), packed_weights():
         conv(x)
         assert conv not in _PACKED
-    monkeypatch.setenv(fast_linear.PACK_ENV, 'lots')
+    monkeypatch.setenv(packing.PACK_ENV, 'lots')
     with pytest.raises(ValueError, match='SCEPTER_CPU_PACK_LIMIT_MB'), torch.no_grad(), packed_weights():
         conv(x)
 
@@ -242,7 +246,7 @@ def test_scope_ends_drop_packs_so_training_updates_are_seen():
                                               ({'kernel_size': 3, 'stride': 2, 'padding': 1}, False),
                                               ({'kernel_size': 1, 'bias': False}, False)])
 def test_wide_kernels_on_small_maps_run_as_one_matmul(monkeypatch, kw, channels_last):
-    monkeypatch.setenv(fast_linear.ENV, 'onednn')
+    monkeypatch.setenv(gemm.ENV, 'onednn')
     torch.manual_seed(0)
     conv = Conv2d(16, 256, **kw)  # 256 x kernel area against at most 1 x 2 x 2 output positions
     ref = _twin(conv)
@@ -256,7 +260,7 @@ def test_wide_kernels_on_small_maps_run_as_one_matmul(monkeypatch, kw, channels_
         assert out.is_contiguous(memory_format=torch.channels_last) == channels_last or out.is_contiguous()
     assert not conv._as_matmul(x.requires_grad_())  # training keeps the convolution
     assert not conv._as_matmul(torch.randn(2, 16, 32, 32))  # a large map too
-    monkeypatch.setenv(fast_linear.ENV, 'aten')
+    monkeypatch.setenv(gemm.ENV, 'aten')
     assert not conv._as_matmul(torch.randn(1, 16, 2, 2))  # and so does a CPU where oneDNN is no faster
 
 

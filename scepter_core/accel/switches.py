@@ -1,5 +1,6 @@
 """Speed switches the solver applies from its config, each a no-op when off:
 
+- SOLVER.CPU_FAST_PATHS (default on): the CPU fast paths of this package (`paths.apply`).
 - SOLVER.CHANNELS_LAST: convolution weights (and so activations) in channels_last.
 - SOLVER.COMPILE: `torch.compile` the denoiser in place (state-dict names unchanged); when the
   platform cannot compile, one log line and the model runs eagerly.
@@ -169,8 +170,11 @@ def apply_model_switches(model: nn.Module, solver_cfg: Any, device: torch.device
 
 
 def apply_model_fast_paths(solver: Any) -> None:
-    """After the model is on its device: channels_last and COMPILE (SOLVER keys)."""
+    """After the model is on its device: the CPU fast paths, channels_last and COMPILE (SOLVER keys)."""
     from ..env import we
+    from .paths import apply
+    mode = 'train' if 'train' in getattr(solver, '_mode_set', ()) else 'infer'
+    apply(solver.unwrapped_model, mode, solver.cfg, solver.logger)
     apply_model_switches(solver.unwrapped_model, solver.cfg, we.device, solver.logger)
 
 
