@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import random
+from collections import Counter
 from typing import Any, Iterator
 
 import numpy as np
@@ -40,6 +41,8 @@ class BadSampleTally:
         self.seen = 0
         self.skipped = 0
         self.logged: dict[str, None] = {}  # insertion-ordered: the first bad path is the example
+        self.sizes: Counter = Counter()  # batches handed out per image size (h, w)
+        self.samples: Counter = Counter()  # samples handed out per image size
 
     def update(self, batch: dict) -> None:
         paths = batch.pop(BAD_PATHS_KEY, [])
@@ -70,10 +73,15 @@ class ScepterDataLoader(DataLoader):
     def __init__(self, dataset: BaseDataset, tally: BadSampleTally, **kwargs: Any):
         super().__init__(dataset, **kwargs)
         self.tally = tally
+        dataset.tally = tally  # hooks read what was trained on from the dataset
 
     def __iter__(self) -> Iterator[dict]:
         for batch in super().__iter__():
             self.tally.update(batch)
+            image = batch.get('image')
+            if isinstance(image, torch.Tensor) and image.dim() == 4:  # what was trained on: buckets.json
+                self.tally.sizes[tuple(image.shape[-2:])] += 1
+                self.tally.samples[tuple(image.shape[-2:])] += image.shape[0]
             yield batch
 
 
@@ -89,15 +97,19 @@ def build_dataloader(dataset: BaseDataset, seed: int, rank: int = 0, world_size:
     already consumed (resume continues the same stream of batches)."""
     cfg = dataset.cfg
     sampler_cfg = cfg.SAMPLER or {'NAME': 'LoopSampler' if dataset.mode == 'train' else 'EvalDistributedSampler'}
+    batched = getattr(SAMPLERS.get(sampler_cfg['NAME']), 'yields_batches', False)
+    extra = {'groups': getattr(dataset, 'groups', None), 'batch_size': cfg.BATCH_SIZE} if batched else {}
     sampler = SAMPLERS.build(sampler_cfg, logger=dataset.logger, data_size=len(dataset), seed=seed,
-                             rank=rank, world_size=world_size, start_sample=start_sample)
+                             rank=rank, world_size=world_size, start_sample=start_sample, **extra)
+    dataset.sampler = sampler  # the main process's sampler, for hooks (DistSamplerHook, BucketLogHook)
     workers = min(cfg.NUM_WORKERS, usable_cores())  # more only slows down; batches do not depend on it
     if workers < cfg.NUM_WORKERS:
         dataset.logger.info(f'{dataset.where}: {workers} loader workers (NUM_WORKERS {cfg.NUM_WORKERS}, '
                             f'{workers} cores)')
     return ScepterDataLoader(
         dataset, BadSampleTally(dataset.where, cfg.MAX_BAD_SHARE, dataset.logger),
-        batch_size=cfg.BATCH_SIZE, sampler=sampler, num_workers=workers, collate_fn=collate,
+        **({'batch_sampler': sampler} if batched else {'batch_size': cfg.BATCH_SIZE, 'sampler': sampler}),
+        num_workers=workers, collate_fn=collate,
         pin_memory=bool(cfg.PIN_MEMORY) and torch.cuda.is_available(), drop_last=False,
         worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank) if workers else None,
         generator=torch.Generator().manual_seed(mix_seed(seed, rank)))
