@@ -22,7 +22,9 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise BadSampleError(name, f'decompression bomb ({e})') from e
+        raise BadSampleError(name, f'decompression bomb (more than twice PIL\'s MAX_IMAGE_PIXELS)') from e
+    except Image.UnidentifiedImageError as e:
+        raise BadSampleError(name, 'not an image (unknown format)') from e
     except (OSError, SyntaxError, ValueError) as e:
         raise BadSampleError(name, f'not an image ({type(e).__name__}: {e})') from e
     if image.width * image.height > max_pixels:
