@@ -128,7 +128,7 @@ class BucketImageDataset(BaseDataset):
     def _scan(self, records: list[dict]) -> tuple[list[dict], list[tuple[int, int]]]:
         def probe(rec: dict) -> tuple[int, int] | BadSampleError:
             try:
-                return image_size(sources.read_bytes(rec['img_path']), rec['img_path'], self.cfg.MAX_PIXELS)
+                return image_size(sources.read_record(rec), rec['img_path'], self.cfg.MAX_PIXELS)
             except BadSampleError as e:
                 return e
             except OSError as e:
@@ -161,7 +161,7 @@ class BucketImageDataset(BaseDataset):
         rec = self.records[record_index]
         path = rec['img_path']
         try:
-            data = sources.read_bytes(path)
+            data = sources.read_record(rec)
         except OSError as e:
             raise BadSampleError(path, f'{type(e).__name__}: {e}') from e
         captions = rec['captions'] or ([self.cfg.DEFAULT_CAPTION] if self.cfg.DEFAULT_CAPTION else [])

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import tarfile
 from functools import lru_cache
 
 from ..errors import ConfigError
@@ -36,14 +37,22 @@ def join(root: str, name: str) -> str:
     return name if '://' in name or name.startswith('/') else f"{root.rstrip('/')}/{name}"
 
 
-def read_bytes(path: str) -> bytes:
-    """A file's bytes through fsspec (local paths, memory://, s3://, ...); parquet rows too."""
-    if '::row=' in path:
-        file, row = path.rsplit('::row=', 1)
-        return parquet_image(file, int(row))
+def read_bytes(path: str, offset: int = 0, size: int = -1) -> bytes:
+    """A file's bytes (or `size` bytes from `offset`) through fsspec: local paths, memory://, s3://, ..."""
     fs, p = url_to_fs(path)
     with fs.open(p, 'rb') as f:
-        return f.read()
+        if offset:
+            f.seek(offset)
+        return f.read(size)
+
+
+def read_record(rec: dict) -> bytes:
+    """The image bytes of a record: a file, a member of a tar shard, or a parquet row."""
+    if 'tar_span' in rec:
+        return read_bytes(*rec['tar_span'])
+    if 'parquet_row' in rec:
+        return parquet_image(*rec['parquet_row'])
+    return read_bytes(rec['img_path'])
 
 
 def _url(fs, path: str) -> str:
@@ -97,12 +106,13 @@ def shard_urls(path: str) -> list[str]:
 
 
 def records(path: str, kind: str | None = None, caption_exts: tuple[str, ...] = CAPTION_EXTENSIONS) -> list[dict]:
-    """The records of a map-style source (every kind but shards)."""
+    """The records of a source (a shard's samples indexed by their byte spans in the tar)."""
     kind = kind or detect(path)
     readers = {'folder': lambda: folder_records(path, caption_exts), 'metadata': lambda: metadata_records(path),
-               'parquet': lambda: parquet_records(path), 'list': lambda: list_records(path)}
+               'parquet': lambda: parquet_records(path), 'list': lambda: list_records(path),
+               'shards': lambda: [r for url in shard_urls(path) for r in tar_records(url, caption_exts)]}
     if kind not in readers:
-        raise ConfigError(f"DATA_DIR: '{path}' holds {kind}; a map-style dataset reads {', '.join(readers)}")
+        raise ConfigError(f"DATA_DIR: unknown source kind {kind!r}; one of {', '.join(readers)}")
     found = readers[kind]()
     if not found:
         raise ConfigError(f"DATA_DIR: no images found in '{path}' (read as {kind})")
@@ -181,7 +191,7 @@ def parquet_records(path: str) -> list[dict]:
         texts = table[text_col] if text_col else [None] * len(table)
         _image_column(table)
         for row, text in enumerate(texts):
-            out.append({'img_path': f'{file}::row={row}', 'captions': [] if text is None else [str(text)],
+            out.append({'img_path': f'{file}#{row}', 'parquet_row': (file, row), 'captions': [] if text is None else [str(text)],
                         'has_caption': text is not None, 'repeats': 1, 'concept': ''})
     return out
 
@@ -207,4 +217,38 @@ def list_records(path: str) -> list[dict]:
             prompt = parts[-1] if len(parts) > 1 else ''
             out.append({'img_path': join(base, parts[0]), 'captions': [prompt] if prompt else [],
                         'has_caption': bool(prompt), 'repeats': 1, 'concept': ''})
+    return out
+
+
+def tar_records(url: str, caption_exts: tuple[str, ...] = CAPTION_EXTENSIONS) -> list[dict]:
+    """The samples of a WebDataset shard: members grouped by key (the name up to the first dot of
+    its base name), the image found by extension, captions from `.txt`/`.caption`/`.json`."""
+    fs, p = url_to_fs(url)
+    members: dict[str, dict[str, tuple[int, int]]] = {}
+    try:
+        with fs.open(p, 'rb') as f, tarfile.open(fileobj=f, mode='r:') as tar:
+            for m in tar:  # headers only: tarfile seeks over the data
+                if m.isfile():
+                    folder, _, base = m.name.rpartition('/')
+                    key, _, ext = base.partition('.')
+                    members.setdefault(f'{folder}/{key}' if folder else key, {})['.' + ext.lower()] = \
+                        (m.offset_data, m.size)
+    except tarfile.TarError as e:
+        raise ConfigError(f"DATA_DIR: '{url}' is not a readable tar shard ({e})") from e
+    out = []
+    for key, exts in members.items():
+        image_ext = next((e for e in IMAGE_EXTENSIONS if e in exts), None)
+        if image_ext is None:
+            continue
+        captions, has_caption = [], False
+        for ext in (*caption_exts, '.json'):
+            if ext in exts:
+                text = read_bytes(url, *exts[ext]).decode('utf-8', 'replace')
+                if ext == '.json':
+                    row = json.loads(text) if text.strip() else {}
+                    text = str(row.get('caption', row.get('text', ''))) if isinstance(row, dict) else ''
+                captions, has_caption = split_captions(text), True
+                break
+        out.append({'img_path': f'{url}#{key}{image_ext}', 'tar_span': (url, *exts[image_ext]),
+                    'captions': captions, 'has_caption': has_caption, 'repeats': 1, 'concept': ''})
     return out

@@ -103,3 +103,34 @@ def test_caption_tools():
     assert make_caption(['a dog'], g(0), trigger='sks') == 'sks, a dog'
     assert make_caption(['a dog'], g(0), trigger='sks', separator=' ') == 'sks a dog'
     assert make_caption([], g(0), trigger='sks') == 'sks'
+
+
+def write_shards(folder, out, per_shard: int = 3) -> list:
+    """WebDataset shards (written by the webdataset library) of a folder's images and captions."""
+    import webdataset as wds
+    out.mkdir(parents=True, exist_ok=True)
+    images = sorted(p for p in folder.iterdir() if p.suffix in ('.png', '.jpg'))
+    urls = []
+    for s in range(0, len(images), per_shard):
+        urls.append(out / f'shard-{s // per_shard:03d}.tar')
+        with wds.TarWriter(str(urls[-1])) as sink:
+            for p in images[s:s + per_shard]:
+                sample = {'__key__': p.stem, p.suffix[1:]: p.read_bytes()}
+                if p.with_suffix('.txt').exists():
+                    sample['txt'] = p.with_suffix('.txt').read_text()
+                sink.write(sample)
+    return urls
+
+
+def test_webdataset_shards_read_like_the_folder(tmp_path):
+    folder = make_folder(tmp_path / 'imgs')
+    urls = write_shards(folder, tmp_path / 'shards')
+    assert len(urls) == 4 and sources.detect(str(tmp_path / 'shards')) == 'shards'
+    a, b = build(folder, CROP='random'), build(tmp_path / 'shards', CROP='random')
+    assert sources.detect(str(tmp_path / 'shards' / 'shard-{000..003}.tar')) == 'shards'
+    assert len(build(tmp_path / 'shards' / 'shard-{000..001}.tar')) == 6
+    assert a.bucket_counts() == b.bucket_counts() and len(a) == len(b) == 12
+    for i in range(len(a)):
+        x, y = a[(i, i)], b[(i, i)]
+        assert x['prompt'] == y['prompt'] and torch.equal(x['image'], y['image'])
+        assert b.records[b.entries[i][0]]['img_path'].split('#')[1][:2] == x['meta']['img_path'].rsplit('/', 1)[1][:2]
