@@ -1,4 +1,4 @@
-"""`scepter data inspect PATH` (what a dataset path holds)."""
+"""`scepter data inspect PATH` (what a dataset path holds), `scepter data cache --cfg RECIPE`."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import console
+from .common import ImportOpt, SetOpt, console, load_config
 
 app = typer.Typer(help='Look into training data.\n\n'
                   'Example: [cyan]scepter data inspect ./photos --resolution 1024[/cyan]', no_args_is_help=True)
@@ -49,3 +49,20 @@ def inspect_cmd(path: str = typer.Argument(..., help='Image folder, metadata.jso
     console.print(table)
     if plot:
         console.print(f'aspect-ratio histogram: {plot}')
+
+
+@app.command('cache')
+def cache_cmd(cfg: str = typer.Option(..., '--cfg', '-c', help='Training recipe (YAML or JSON).'),
+              overrides: Optional[list[str]] = SetOpt, imports: Optional[list[str]] = ImportOpt) -> None:
+    """Fill SOLVER.CACHE_DIR with one epoch's latents (and frozen text embeddings) before training.
+
+    Files already cached under the same encoder weights and settings are kept, not recomputed;
+    with ENV.NUM_PROCESSES > 1 each process encodes its share.
+    Example: [cyan]scepter data cache --cfg recipe.yaml --set SOLVER.CACHE_DIR=./cache[/cyan]
+    """
+    from scepter_core.data_cache import fill_cache
+    from scepter_core.launch import launch
+    stats = launch(load_config(cfg, overrides, imports), mode='train', fn=fill_cache)
+    if isinstance(stats, dict):
+        console.print(f"cached: {stats['computed']} rows computed, {stats['found']} already on disk "
+                      f"({stats['batches']} batches per process)")
