@@ -24,7 +24,8 @@ from .samplers import BaseSampler, mix_seed
 
 @SAMPLERS.register_class()
 class BucketSampler(BaseSampler):
-    """Built by the loader with the dataset's bucket of each sample (`groups`) and BATCH_SIZE."""
+    """Built by the loader with the dataset's bucket of each sample (`groups`; without them all
+    samples share one) and BATCH_SIZE."""
 
     para_dict = {'SHUFFLE': {'value': True, 'description': 'Shuffle within buckets and the batch order each epoch.'}}
     yields_batches = True  # the loader passes it as batch_sampler
@@ -32,9 +33,9 @@ class BucketSampler(BaseSampler):
     def __init__(self, cfg: Config | dict | None = None, logger: logging.Logger | None = None,
                  groups: list[int] | None = None, batch_size: int = 1, **kwargs):
         super().__init__(cfg, logger, **kwargs)
-        if groups is None or len(groups) != self.data_size:
-            raise ConfigError('BucketSampler: the dataset has no buckets (use it with BucketImageDataset '
-                              'or WebDataset sources)')
+        groups = [0] * self.data_size if groups is None else groups  # a dataset without buckets: one
+        if len(groups) != self.data_size:
+            raise ConfigError(f'BucketSampler: {len(groups)} bucket ids for {self.data_size} samples')
         self.batch_size = batch_size
         self.members: dict[int, list[int]] = {}
         for index, g in enumerate(groups):
