@@ -20,6 +20,7 @@ from image_files import gradient_image
 from models.tiny_sd import randomize
 
 from scepter_core.config import Config
+from scepter_core.errors import ConfigError
 from scepter_core.data_cache import fill_cache
 from scepter_core.launch import run_worker
 from scepter_core.models.networks.latent_cache import DiskStore, LatentCache
@@ -143,3 +144,19 @@ def test_caption_dropout_with_cached_embeddings_uses_the_empty_prompt(tmp_path):
         assert cache.misses == 1 and cache.disk_hits == (1 if p_zero else 2)  # the image; text all from disk
         assert torch.equal(seen[-1], expected)
     assert not torch.allclose(empty.expand(2, -1, -1), own)
+
+
+def test_scepter_data_cache_fills_the_directory_and_a_second_call_finds_it(tmp_path):
+    folder = make_folder(tmp_path / 'imgs', shapes=SHAPES[:3])
+    cfg = recipe(tmp_path, folder, None, 'cli')
+    (tmp_path / 'recipe.yaml').write_text(yaml.safe_dump(cfg.to_dict()))
+    env = {**os.environ, 'SCEPTER_PROGRESS': '0'}
+    args = [sys.executable, '-m', 'scepter_cli', 'data', 'cache', '--cfg', str(tmp_path / 'recipe.yaml'),
+            '--set', f'SOLVER.CACHE_DIR={tmp_path / "cache"}']
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert 'cached: 7 rows computed, 0 already on disk' in first.stdout  # 3 latents, 3 captions, ''
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert 'cached: 0 rows computed, 7 already on disk' in again.stdout, again.stdout + again.stderr
+    with pytest.raises(ConfigError, match="'SOLVER.CACHE_DIR': set the cache directory"):
+        fill_cache(cfg)
