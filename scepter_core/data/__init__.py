@@ -11,9 +11,10 @@ from .image_text import ImageTextPairDataset, ImageTextPairFolderDataset
 from .loader import build_dataloader
 from .ms_dataset import ImageTextPairMSDataset
 from .samplers import EvalDistributedSampler, LoopSampler, mix_seed
+from .stream import WebDatasetStream
 from .shapes import ShapesDataset, analyse_image, parse_prompt, score_image
 from .text2image import Text2ImageDataset
 
 __all__ = ['BaseDataset', 'BucketImageDataset', 'BucketSampler', 'MakeCaption', 'make_caption', 'BadSampleError', 'collate', 'build_dataloader', 'ImageTextPairDataset',
-           'ImageTextPairFolderDataset', 'ImageTextPairMSDataset', 'Text2ImageDataset', 'ShapesDataset',
+           'ImageTextPairFolderDataset', 'ImageTextPairMSDataset', 'Text2ImageDataset', 'ShapesDataset', 'WebDatasetStream',
            'LoopSampler', 'EvalDistributedSampler', 'mix_seed', 'score_image', 'parse_prompt', 'analyse_image']

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from ..errors import ScepterError
 from ..registry import SAMPLERS
@@ -96,6 +96,8 @@ def build_dataloader(dataset: BaseDataset, seed: int, rank: int = 0, world_size:
     """The loader for `dataset` on this rank. `start_sample`: how many samples this rank
     already consumed (resume continues the same stream of batches)."""
     cfg = dataset.cfg
+    if isinstance(dataset, IterableDataset):  # a stream that batches itself (WebDatasetStream)
+        return _stream_loader(dataset, seed, rank, world_size, start_sample)
     sampler_cfg = cfg.SAMPLER or {'NAME': 'LoopSampler' if dataset.mode == 'train' else 'EvalDistributedSampler'}
     batched = getattr(SAMPLERS.get(sampler_cfg['NAME']), 'yields_batches', False)
     extra = {'groups': getattr(dataset, 'groups', None), 'batch_size': cfg.BATCH_SIZE} if batched else {}
@@ -113,3 +115,16 @@ def build_dataloader(dataset: BaseDataset, seed: int, rank: int = 0, world_size:
         pin_memory=bool(cfg.PIN_MEMORY) and torch.cuda.is_available(), drop_last=False,
         worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank) if workers else None,
         generator=torch.Generator().manual_seed(mix_seed(seed, rank)))
+
+
+def _as_is(batch: Any) -> Any:
+    return batch
+
+
+def _stream_loader(dataset: Any, seed: int, rank: int, world_size: int, start_sample: int) -> DataLoader:
+    dataset.configure(seed, rank, world_size, start_sample)
+    workers = min(dataset.cfg.NUM_WORKERS, usable_cores())
+    return ScepterDataLoader(
+        dataset, BadSampleTally(dataset.where, dataset.cfg.MAX_BAD_SHARE, dataset.logger), batch_size=None,
+        num_workers=workers, collate_fn=_as_is, pin_memory=bool(dataset.cfg.PIN_MEMORY) and torch.cuda.is_available(),
+        worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank) if workers else None)
