@@ -198,6 +198,12 @@ def parquet_records(path: str) -> list[dict]:
 
 def list_records(path: str) -> list[dict]:
     fs, file = url_to_fs(path)
+    if fs.isdir(file):  # a folder of images listed by its CSV: train.csv, else its only .csv
+        csvs = sorted(f for f in fs.ls(file, detail=False) if f.endswith('.csv'))
+        chosen = [f for f in csvs if f.endswith('/train.csv')] or csvs
+        if len(chosen) != 1:
+            raise ConfigError(f"DATA_DIR: '{path}' holds {len(csvs)} CSV lists; name one of them")
+        file, path = chosen[0], join(path, os.path.basename(chosen[0]))
     text = fs.cat_file(file).decode('utf-8-sig')
     base = os.path.dirname(path)
     out = []

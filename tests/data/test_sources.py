@@ -134,3 +134,9 @@ def test_webdataset_shards_read_like_the_folder(tmp_path):
         x, y = a[(i, i)], b[(i, i)]
         assert x['prompt'] == y['prompt'] and torch.equal(x['image'], y['image'])
         assert b.records[b.entries[i][0]]['img_path'].split('#')[1][:2] == x['meta']['img_path'].rsplit('/', 1)[1][:2]
+
+
+def test_a_folder_of_a_csv_list_and_its_images(pair_folder):
+    data = build(pair_folder)  # conftest: train.csv (Target:FILE, Prompt) and images/ beside it
+    assert sources.detect(str(pair_folder)) == 'list' and len(data.records) == 6
+    assert data.records[0]['captions'] == ['picture 0, in colour 200']
