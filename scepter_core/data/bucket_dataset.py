@@ -76,6 +76,8 @@ class PlaceInBucket:
 
 @DATASETS.register_class(aliases=('ImageFolderDataset',))
 class BucketImageDataset(BaseDataset):
+    """Images of any shape from DATA_DIR (folder, metadata.jsonl, parquet, shards, CSV/TXT), each in its aspect bucket."""
+
     para_dict = {
         'DATA_DIR': {'value': '', 'type': (str, list), 'description': 'Source path(s): folder, metadata.jsonl or '
                                                                       'parquet folder, CSV/TXT list; any fsspec URL.'},

@@ -42,6 +42,8 @@ def tar_samples(url: str) -> Iterator[dict]:
 
 @DATASETS.register_class()
 class WebDatasetStream(BaseDataset, IterableDataset):
+    """WebDataset shards streamed (split over ranks and workers) into one-bucket batches."""
+
     para_dict = {
         'DATA_DIR': {'value': '', 'type': str, 'description': 'Shards: a .tar, a brace pattern or a folder of .tar.'},
         **{k: v for k, v in BUCKET_KEYS.items() if k != 'RESOLUTION'},
