@@ -15,6 +15,7 @@ from .stream import WebDatasetStream
 from .shapes import ShapesDataset, analyse_image, parse_prompt, score_image
 from .text2image import Text2ImageDataset
 
-__all__ = ['BaseDataset', 'BucketImageDataset', 'BucketSampler', 'MakeCaption', 'make_caption', 'BadSampleError', 'collate', 'build_dataloader', 'ImageTextPairDataset',
-           'ImageTextPairFolderDataset', 'ImageTextPairMSDataset', 'Text2ImageDataset', 'ShapesDataset', 'WebDatasetStream',
+__all__ = ['BaseDataset', 'BadSampleError', 'collate', 'build_dataloader', 'ImageTextPairDataset',
+           'ImageTextPairFolderDataset', 'ImageTextPairMSDataset', 'Text2ImageDataset', 'ShapesDataset',
+           'BucketImageDataset', 'BucketSampler', 'WebDatasetStream', 'MakeCaption', 'make_caption',
            'LoopSampler', 'EvalDistributedSampler', 'mix_seed', 'score_image', 'parse_prompt', 'analyse_image']
