@@ -185,4 +185,4 @@ def apply_train_fast_paths(solver: Any) -> None:
         cast_frozen_modules(model, solver.dtype, solver.logger)
     if solver.cfg.CACHE_LATENTS:
         from ..models.networks.latent_cache import enable_latent_cache
-        enable_latent_cache(model, solver.cfg.CACHE_MAX_MB, solver.logger)
+        enable_latent_cache(model, solver.cfg.CACHE_MAX_MB, solver.logger, cache_dir=solver.cfg.CACHE_DIR)

@@ -66,6 +66,10 @@ class BaseDataset(Dataset, Configurable):
     def _get(self, index: int) -> dict:
         raise NotImplementedError(f'{type(self).__name__} does not implement _get')
 
+    def neighbour(self, index: int, attempt: int) -> int:
+        """The record read instead of `index` after `attempt` unreadable ones: the next."""
+        return (index + attempt) % len(self)
+
     # ---- shared -------------------------------------------------------------------------
     @property
     def where(self) -> str:
@@ -83,10 +87,10 @@ class BaseDataset(Dataset, Configurable):
         n = len(self)
         bad: list[str] = []
         for attempt in range(min(n, MAX_CONSECUTIVE_BAD)):
-            raw = self._get((index + attempt) % n)
-            item = dict(raw, meta=dict(raw['meta'])) if isinstance(raw.get('meta'), dict) else dict(raw)
-            item[RNG_KEY] = torch.Generator().manual_seed(seed)
             try:
+                raw = self._get(self.neighbour(index, attempt))
+                item = dict(raw, meta=dict(raw['meta'])) if isinstance(raw.get('meta'), dict) else dict(raw)
+                item[RNG_KEY] = torch.Generator().manual_seed(seed)
                 item = self.pipeline(item)
             except BadSampleError as e:
                 bad.append(e.path)

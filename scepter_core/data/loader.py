@@ -6,11 +6,12 @@ import functools
 import logging
 import os
 import random
+from collections import Counter
 from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from ..errors import ScepterError
 from ..registry import SAMPLERS
@@ -40,6 +41,8 @@ class BadSampleTally:
         self.seen = 0
         self.skipped = 0
         self.logged: dict[str, None] = {}  # insertion-ordered: the first bad path is the example
+        self.sizes: Counter = Counter()  # batches handed out per image size (h, w)
+        self.samples: Counter = Counter()  # samples handed out per image size
 
     def update(self, batch: dict) -> None:
         paths = batch.pop(BAD_PATHS_KEY, [])
@@ -70,10 +73,15 @@ class ScepterDataLoader(DataLoader):
     def __init__(self, dataset: BaseDataset, tally: BadSampleTally, **kwargs: Any):
         super().__init__(dataset, **kwargs)
         self.tally = tally
+        dataset.tally = tally  # hooks read what was trained on from the dataset
 
     def __iter__(self) -> Iterator[dict]:
         for batch in super().__iter__():
             self.tally.update(batch)
+            image = batch.get('image')
+            if isinstance(image, torch.Tensor) and image.dim() == 4:  # what was trained on: buckets.json
+                self.tally.sizes[tuple(image.shape[-2:])] += 1
+                self.tally.samples[tuple(image.shape[-2:])] += image.shape[0]
             yield batch
 
 
@@ -88,16 +96,35 @@ def build_dataloader(dataset: BaseDataset, seed: int, rank: int = 0, world_size:
     """The loader for `dataset` on this rank. `start_sample`: how many samples this rank
     already consumed (resume continues the same stream of batches)."""
     cfg = dataset.cfg
+    if isinstance(dataset, IterableDataset):  # a stream that batches itself (WebDatasetStream)
+        return _stream_loader(dataset, seed, rank, world_size, start_sample)
     sampler_cfg = cfg.SAMPLER or {'NAME': 'LoopSampler' if dataset.mode == 'train' else 'EvalDistributedSampler'}
+    batched = getattr(SAMPLERS.get(sampler_cfg['NAME']), 'yields_batches', False)
+    extra = {'groups': getattr(dataset, 'groups', None), 'batch_size': cfg.BATCH_SIZE} if batched else {}
     sampler = SAMPLERS.build(sampler_cfg, logger=dataset.logger, data_size=len(dataset), seed=seed,
-                             rank=rank, world_size=world_size, start_sample=start_sample)
+                             rank=rank, world_size=world_size, start_sample=start_sample, **extra)
+    dataset.sampler = sampler  # the main process's sampler, for hooks (DistSamplerHook, BucketLogHook)
     workers = min(cfg.NUM_WORKERS, usable_cores())  # more only slows down; batches do not depend on it
     if workers < cfg.NUM_WORKERS:
         dataset.logger.info(f'{dataset.where}: {workers} loader workers (NUM_WORKERS {cfg.NUM_WORKERS}, '
                             f'{workers} cores)')
     return ScepterDataLoader(
         dataset, BadSampleTally(dataset.where, cfg.MAX_BAD_SHARE, dataset.logger),
-        batch_size=cfg.BATCH_SIZE, sampler=sampler, num_workers=workers, collate_fn=collate,
+        **({'batch_sampler': sampler} if batched else {'batch_size': cfg.BATCH_SIZE, 'sampler': sampler}),
+        num_workers=workers, collate_fn=collate,
         pin_memory=bool(cfg.PIN_MEMORY) and torch.cuda.is_available(), drop_last=False,
         worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank) if workers else None,
         generator=torch.Generator().manual_seed(mix_seed(seed, rank)))
+
+
+def _as_is(batch: Any) -> Any:
+    return batch
+
+
+def _stream_loader(dataset: Any, seed: int, rank: int, world_size: int, start_sample: int) -> DataLoader:
+    dataset.configure(seed, rank, world_size, start_sample)
+    workers = min(dataset.cfg.NUM_WORKERS, usable_cores())
+    return ScepterDataLoader(
+        dataset, BadSampleTally(dataset.where, dataset.cfg.MAX_BAD_SHARE, dataset.logger), batch_size=None,
+        num_workers=workers, collate_fn=_as_is, pin_memory=bool(dataset.cfg.PIN_MEMORY) and torch.cuda.is_available(),
+        worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank) if workers else None)

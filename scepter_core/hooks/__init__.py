@@ -1,2 +1,2 @@
 """Hooks of the solver loop, one file each."""
-from . import backward, checkpoint, dist_sampler, ema, log, lr, probe, tensorboard, val_loss  # noqa: F401
+from . import backward, buckets, checkpoint, dist_sampler, ema, log, lr, probe, tensorboard, val_loss  # noqa: F401

@@ -67,6 +67,8 @@ class BaseSolver(BaseObject):
         'CACHE_LATENTS': {'value': False, 'description': 'Compute latents and frozen text embeddings once per '
                                                          'distinct image / prompt (small datasets).'},
         'CACHE_MAX_MB': {'value': 1024, 'description': 'Memory cap of CACHE_LATENTS, in megabytes.'},
+        'CACHE_DIR': {'value': None, 'type': str, 'description': 'With CACHE_LATENTS: also keep them on disk here, '
+                                                                 'for later runs and other processes (scepter data cache).'},
     }
 
     def __init__(self, cfg: Config | dict, logger: logging.Logger | None = None, mode: str = 'train'):

@@ -5,11 +5,23 @@ the same embedding for the same prompt, at every epoch: computing them once is e
 are keyed by the encoder's weights (a digest taken at first use), the input's resolution, the
 compute dtype, and the image's bytes or the prompt's text; so augmented images, another model or
 another precision simply miss. Latents keep their randomness: the cache holds the posterior's
-moments and a fresh sample is drawn each time, exactly as without the cache."""
+moments and a fresh sample is drawn each time, exactly as without the cache.
+
+With SOLVER.CACHE_DIR the rows also go to disk (DiskStore: safetensors shards), where other runs
+and processes find them. The key is the same: the encoder's weights, the input's shape and dtype,
+and the bytes of the pixels the encoder sees, which follow from the file's bytes and every
+transform/bucket setting; so changing the VAE, the resolution or one file recomputes just what
+changed. Text rows are keyed by the prompt itself: caption dropout trains on the empty prompt's
+(cached) embedding, not on a dropped caption's."""
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
+import multiprocessing.util
+import os
+import time
+from pathlib import Path
 from typing import Any, Callable, Hashable
 
 import torch
@@ -40,11 +52,89 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def key_name(item: Hashable) -> str:
+    """A row's name in a shard: a digest of its key (prompts can be any text)."""
+    return hashlib.blake2b(repr(item).encode(), digest_size=16).hexdigest()
+
+
+class DiskStore:
+    """Rows in safetensors shards under `root/<scope digest>/`. Each process writes shards of its
+    own (a temporary name, then a rename), so concurrent runs never see half a file and never
+    write the same file; a shard is never changed once written."""
+
+    def __init__(self, root: str | Path, flush_rows: int = 512, flush_seconds: float = 60.0,
+                 logger: logging.Logger | None = None):
+        self.root = Path(root)
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.logger = logger or logging.getLogger(__name__)
+        self.pending: dict[Hashable, dict[str, torch.Tensor]] = {}
+        self.index: dict[Hashable, dict[str, Path]] = {}
+        self.written = 0
+        self._oldest = 0.0
+        # Pending rows reach the disk at exit too: atexit for a plain process, multiprocessing's
+        # finalizers for a spawned worker (which leaves through os._exit, skipping atexit).
+        atexit.register(self.flush)
+        multiprocessing.util.Finalize(self, self.flush, exitpriority=10)
+
+    def scope_dir(self, scope: Hashable) -> Path:
+        return self.root / hashlib.blake2b(repr(scope).encode(), digest_size=12).hexdigest()
+
+    def _index(self, scope: Hashable) -> dict[str, Path]:
+        if scope not in self.index:
+            from safetensors import safe_open
+            names: dict[str, Path] = {}
+            for shard in sorted(self.scope_dir(scope).glob('*.safetensors')):
+                with safe_open(str(shard), 'pt') as f:
+                    names.update(dict.fromkeys(f.keys(), shard))
+            self.index[scope] = names
+        return self.index[scope]
+
+    def get(self, scope: Hashable, items: list[Hashable]) -> dict[Hashable, torch.Tensor]:
+        """The rows of `items` found on disk (CPU tensors)."""
+        from safetensors import safe_open
+        index = self._index(scope)
+        by_shard: dict[Path, list[Hashable]] = {}
+        for item in items:
+            shard = index.get(key_name(item))
+            if shard is not None:
+                by_shard.setdefault(shard, []).append(item)
+        found = {}
+        for shard, wanted in by_shard.items():
+            with safe_open(str(shard), 'pt') as f:
+                found.update({item: f.get_tensor(key_name(item)) for item in wanted})
+        return found
+
+    def put(self, scope: Hashable, item: Hashable, row: torch.Tensor) -> None:
+        if not self.pending:
+            self._oldest = time.monotonic()
+        self.pending.setdefault(scope, {})[key_name(item)] = row.detach().cpu().contiguous()
+        if sum(len(rows) for rows in self.pending.values()) >= self.flush_rows or \
+                time.monotonic() - self._oldest > self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        from safetensors.torch import save_file
+        for scope, rows in self.pending.items():
+            folder = self.scope_dir(scope)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / 'scope.txt').write_text(repr(scope) + '\n')
+            final = folder / f'{time.time_ns():x}-{os.getpid()}-{self.written}.safetensors'
+            tmp = final.with_suffix('.tmp')
+            save_file(rows, str(tmp))
+            os.replace(tmp, final)
+            self.written += 1
+            self._index(scope).update(dict.fromkeys(rows, final))
+        self.pending = {}
+
+
 class LatentCache:
     """Rows of a frozen encoder's output, keyed per input; at most `max_mb` megabytes kept."""
 
-    def __init__(self, max_mb: float = 1024, logger: logging.Logger | None = None):
+    def __init__(self, max_mb: float = 1024, logger: logging.Logger | None = None,
+                 disk: DiskStore | None = None):
         self.max_bytes = int(max_mb * 2 ** 20)
+        self.disk = disk
+        self.disk_hits = 0
         self.logger = logger or logging.getLogger(__name__)
         self.rows: dict[Hashable, torch.Tensor] = {}
         self.used_bytes = 0
@@ -63,8 +153,8 @@ class LatentCache:
             self._digests[id(module)] = h.hexdigest()
         return self._digests[id(module)]
 
-    def lookup(self, scope: Hashable, items: list[Hashable],
-               compute: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
+    def lookup(self, scope: Hashable, items: list[Hashable], compute: Callable[[list[int]], torch.Tensor],
+               device: torch.device | str = 'cpu') -> torch.Tensor:
         """Stacked rows for `items` (within `scope`); `compute(indices)` gives the rows (stacked)
         of the missing ones. The result keeps the memory layout `compute` gives (channels_last
         or not), since the random draws of `randn_like` on it depend on that layout."""
@@ -73,16 +163,26 @@ class LatentCache:
         for i, k in enumerate(keys):
             if k not in self.rows:
                 first.setdefault(k, i)
+        loaded: dict[Hashable, torch.Tensor] = {}
+        if first and self.disk is not None:  # written by an earlier run or another process
+            for item, row in self.disk.get(scope, [k[1] for k in first]).items():
+                loaded[(scope, item)] = row.to(device)
+                first.pop((scope, item))
+                self._store((scope, item), loaded[(scope, item)])
+            self.disk_hits += len(loaded)
         fresh: dict[Hashable, torch.Tensor] = {}
         if first:
             rows = compute(list(first.values()))
             self._layouts[scope] = _layout(rows)
             fresh = dict(zip(first, rows))
+            if self.disk is not None:
+                for (_, item), row in fresh.items():
+                    self.disk.put(scope, item, row)
         self.hits += len(keys) - len(fresh)
         self.misses += len(fresh)
         for k, row in fresh.items():
             self._store(k, row)
-        out = torch.stack([fresh[k] if k in fresh else self.rows[k] for k in keys])
+        out = torch.stack([fresh[k] if k in fresh else loaded[k] if k in loaded else self.rows[k] for k in keys])
         return out.contiguous(memory_format=self._layouts.get(scope, torch.contiguous_format))
 
     def _store(self, key: Hashable, row: torch.Tensor) -> None:
@@ -107,7 +207,7 @@ class LatentCache:
             posterior = autoencoder.encode_posterior(images[indices])
             return torch.cat([posterior.mean, posterior.logvar], dim=1)
         on_cpu = images.detach().cpu()  # one transfer for the batch, not one per image
-        posterior = DiagonalGaussian(self.lookup(scope, [tensor_digest(x) for x in on_cpu], moments))
+        posterior = DiagonalGaussian(self.lookup(scope, [tensor_digest(x) for x in on_cpu], moments, images.device))
         return posterior.mode() if autoencoder.cfg.USE_MODE else posterior.sample()
 
     def encode_texts(self, embedder: nn.Module | None, prompts: list[str],
@@ -116,14 +216,19 @@ class LatentCache:
         if embedder is None or any(p.requires_grad for p in embedder.parameters()):
             return encode(prompts)  # a text encoder that trains changes at every step
         scope = ('text', self.model_digest(embedder), compute_dtype(embedder))
-        return self.lookup(scope, list(prompts), lambda idx: encode([prompts[i] for i in idx]))
+        device = next(embedder.parameters()).device
+        return self.lookup(scope, list(prompts), lambda idx: encode([prompts[i] for i in idx]), device)
 
 
-def enable_latent_cache(model: nn.Module, max_mb: float, logger: logging.Logger) -> LatentCache | None:
-    """Give `model` (a LatentDiffusion) a cache; models that encode no latents are left alone."""
+def enable_latent_cache(model: nn.Module, max_mb: float, logger: logging.Logger,
+                        cache_dir: str | None = None) -> LatentCache | None:
+    """Give `model` (a LatentDiffusion) a cache (on disk too with `cache_dir`); models that
+    encode no latents are left alone."""
     if not hasattr(model, 'latent_cache'):
         logger.warning(f'SOLVER.CACHE_LATENTS: {type(model).__name__} encodes no latents; ignored')
         return None
-    model.latent_cache = LatentCache(max_mb, logger)
-    logger.info(f'CACHE_LATENTS: latents and frozen text embeddings cached (up to {max_mb} MB)')
+    disk = DiskStore(cache_dir, logger=logger) if cache_dir else None
+    model.latent_cache = LatentCache(max_mb, logger, disk=disk)
+    where = f' and in {cache_dir}' if cache_dir else ''
+    logger.info(f'CACHE_LATENTS: latents and frozen text embeddings cached (up to {max_mb} MB in memory{where})')
     return model.latent_cache
