@@ -136,13 +136,63 @@ def folder_recipe(path: str | os.PathLike) -> Config:
                                                 'SAMPLE_ARGS': sample}})
 
 
+# ---- recipes from an original single file -----------------------------------------------
+
+def _meta_state(path: Path) -> dict:
+    """The file's tensors as meta tensors of their shapes (safetensors: read from the header only)."""
+    import torch
+
+    from .checkpoint import SAFETENSORS_SUFFIXES, load_state_dict, read_safetensors_header
+    if str(path).endswith(SAFETENSORS_SUFFIXES):
+        header, _ = read_safetensors_header(path)
+        return {k: torch.empty(v['shape'], device='meta') for k, v in header.items() if k != '__metadata__'}
+    return {k: v.to('meta') for k, v in load_state_dict(path).items()}
+
+
+def file_recipe(path: str | os.PathLike) -> Config:
+    """The recipe for an original LDM / SGM single file: family from its names, sizes from its
+    shapes (arch_from_weights), sampling as the family's reference (scaled-linear betas, eps)."""
+    from .convert.arch_from_weights import text_config_from_weights, unet_cfg_from_weights, vae_cfg_from_weights
+    from .convert.ldm import ldm_to_ours
+    raw = _meta_state(Path(path))
+    family = family_of_keys(list(raw))
+    sd = ldm_to_ours(raw)
+    if family == 'sdxl-refiner':
+        raise ConfigError(f"'{path}': an SDXL refiner single file; convert it to a diffusers folder or pass "
+                          f'its recipe (--cfg): the refiner has no text-to-image recipe of its own here')
+    unet, vae = unet_cfg_from_weights(sd, None if family == 'sd15' else 64), vae_cfg_from_weights(sd)
+    size_factor, size = 2 ** (len(vae['ENCODER']['CH_MULT']) - 1), DEFAULT_SIZE[family]
+    model: dict[str, Any] = {
+        'NAME': 'LatentDiffusion', 'PARAMETERIZATION': 'eps', 'TIMESTEPS': 1000,
+        'SCHEDULE_ARGS': {'NAME': 'scaled_linear', 'BETA_MIN': 0.00085, 'BETA_MAX': 0.012},
+        'SCALE_FACTOR': 0.13025 if family == 'sdxl' else 0.18215, 'SIZE_FACTOR': size_factor,
+        'IMAGE_SIZE': [size, size], 'DIFFUSION_MODEL': unet, 'FIRST_STAGE_MODEL': vae}
+    if family == 'sdxl':
+        encoders = []
+        for i in range(2):
+            prefix = f'cond_stage_model.embedders.{i}.transformer.'
+            bigg = f'{prefix}text_projection.weight' in sd
+            encoders.append({'CONFIG': text_config_from_weights(sd, prefix, openclip=bigg), 'PROJECTION': bigg,
+                             'PAD_TOKEN_ID': 0 if bigg else None})  # OpenCLIP pads with 0 ('!')
+        pooled = encoders[-1]['CONFIG']['projection_dim']
+        model.update(NAME='InterimSDXL', TEXT_ENCODERS=encoders,
+                     TIME_EMBED_DIM=(unet['ADM_IN_CHANNELS'] - pooled) // 6)
+    else:  # SD2: the OpenCLIP tower's penultimate layer, final norm applied (its projection is unused)
+        sd2 = family == 'sd21'
+        text = text_config_from_weights(sd, 'cond_stage_model.transformer.', openclip=sd2)
+        layer = {'LAYER': 'hidden', 'LAYER_IDX': -2, 'USE_FINAL_LAYER_NORM': True} if sd2 else {'LAYER': 'last'}
+        model.update(COND_STAGE_MODEL={'NAME': 'FrozenCLIPEmbedder', 'CONFIG': text, **layer},
+                     TOKENIZER={'NAME': 'ClipTokenizer', 'LENGTH': min(77, text['max_position_embeddings'])},
+                     IGNORE_KEYS=['cond_stage_model.transformer.text_projection'] if sd2 else [])
+    sample = {'SAMPLER': 'ddim', 'SAMPLE_STEPS': 50, 'SEED': 2023, 'GUIDE_SCALE': 5.0 if family == 'sdxl' else 7.5,
+              'GUIDE_RESCALE': 0.0, 'DISCRETIZATION': 'trailing', 'IMAGE_SIZE': [size, size]}
+    return Config({'FAMILY': family, 'SOLVER': {'NAME': 'LatentDiffusionSolver', 'MODEL': model,
+                                                'SAMPLE_ARGS': sample}})
+
+
 def recipe_for(path: str | os.PathLike) -> Config:
-    """The recipe for weights that come without one: read off a diffusers folder, else the
-    built-in SD1.5 recipe for an SD1.x single file; other single-file families need --cfg."""
-    if '://' not in str(path) and Path(path).is_dir():
-        return folder_recipe(path)
-    family = detect_family(path) if '://' not in str(path) and Path(path).is_file() else 'sd15'
-    if family != 'sd15':
-        raise ConfigError(f"'{path}': an original {family} single file; pass its recipe (--cfg), or convert "
-                          f"it to a diffusers folder, which describes itself (scepter convert --to diffusers)")
-    return Config.load(SD15_RECIPE)
+    """The recipe for weights that come without one: read off a diffusers folder or an original
+    single file; a remote URI gets the built-in SD1.5 recipe."""
+    if '://' in str(path):
+        return Config.load(SD15_RECIPE)
+    return folder_recipe(path) if Path(path).is_dir() else file_recipe(path)

@@ -31,11 +31,23 @@ class _TextEncoder(nn.Module):
         self.transformer = nest_text_model(cls(build_text_config(dict(block['CONFIG']), where)))
         self.tokenizer = ClipTokenizer({'PRETRAINED_PATH': block.get('TOKENIZER'),
                                         'LENGTH': block.get('MAX_LENGTH', 77)}, logger=logger)
+        self.pad_id: int | None = block.get('PAD_TOKEN_ID')
+
+    def tokens(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids; with PAD_TOKEN_ID, every position after the end token holds it (OpenCLIP's
+        tokenizer pads with 0 where CLIP's pads with the end token)."""
+        ids = self.tokenizer(prompts)
+        if self.pad_id is not None:
+            end = self.tokenizer.tokenizer.eos_token_id
+            after_end = (ids == end).long().cumsum(-1).roll(1, -1)
+            after_end[:, 0] = 0
+            ids = ids.masked_fill(after_end > 0, self.pad_id)
+        return ids
 
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(penultimate hidden states [B, L, D], projected pooled state [B, P] or None)."""
         device = self.transformer.text_model.embeddings.token_embedding.weight.device
-        out = self.transformer(input_ids=self.tokenizer(prompts).to(device), output_hidden_states=True)
+        out = self.transformer(input_ids=self.tokens(prompts).to(device), output_hidden_states=True)
         return out.hidden_states[-2], getattr(out, 'text_embeds', None)
 
 
@@ -56,7 +68,7 @@ class InterimSDXL(LatentDiffusion):
     para_dict = {
         'TEXT_ENCODERS': {'value': [], 'type': list, 'description':
                           'One block per encoder: CONFIG (CLIPTextConfig fields), PROJECTION (bool), '
-                          'TOKENIZER (directory), MAX_LENGTH.'},
+                          'TOKENIZER (directory), MAX_LENGTH, PAD_TOKEN_ID (null: the tokenizer\'s).'},
         'TIME_EMBED_DIM': {'value': 256, 'description': 'Width of each size number\'s sinusoidal embedding.'},
         'FORCE_ZEROS_FOR_EMPTY_PROMPT': {'value': True, 'description': 'Zero conditioning for an empty prompt.'},
         'COND_STAGE_MODEL': {'value': None, 'registry': 'EMBEDDERS', 'description': 'Unused: TEXT_ENCODERS.'},
