@@ -10,18 +10,17 @@ import torch
 from .config import Config, apply_overrides
 from .env import we
 from .errors import ConfigError
+from .families import SD15_RECIPE  # noqa: F401  (re-exported: tests and tools read it here)
 from .imports import import_user_code
 from .models.base import device_autocast
 from .registry import MODELS
 from .sample_args import sample_kwargs
 from .utils.images import make_grid, save_png
 
-SD15_RECIPE = Path(__file__).parent / 'assets' / 'sd15_inference.yaml'
 
-
-def find_config(pretrained: str | None) -> Path:
+def find_config(pretrained: str | None) -> Path | None:
     """The recipe saved next to a checkpoint (the step dir a work dir or `latest` names, the
-    step dir, checkpoints dir or work dir), else SD1.5's."""
+    step dir, checkpoints dir or work dir), else None (no weights: SD1.5's)."""
     if pretrained:
         from .checkpoint import find_step_dir
         p = Path(pretrained)
@@ -30,6 +29,7 @@ def find_config(pretrained: str | None) -> Path:
         for d in [*([step] if step is not None else []), *[here, *here.parents][:4]]:
             if (d / 'config.yaml').is_file():
                 return d / 'config.yaml'
+        return None
     return SD15_RECIPE
 
 
@@ -81,7 +81,11 @@ def build_model(pretrained_model: str | None, cfg_path: str | None = None, overr
     """The model of a recipe with whole-model weights loaded (a LoRA run: its base model and
     its adapters); returns (model, recipe). `blocks` replace the recipe's model blocks."""
     path = Path(cfg_path) if cfg_path else find_config(pretrained_model)
-    cfg = Config.load(path)
+    if path is None:  # weights without a recipe: the family's, read off a diffusers folder's configs
+        from .families import recipe_for
+        cfg, path = recipe_for(pretrained_model), Path(pretrained_model)
+    else:
+        cfg = Config.load(path)
     apply_overrides(cfg, overrides)
     import_user_code(list(imports) + list(cfg.get('IMPORTS') or []), base_dir=str(path))
     model_cfg = cfg.get_path('SOLVER.MODEL') or cfg.get('MODEL')

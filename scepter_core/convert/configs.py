@@ -46,19 +46,29 @@ def _unsupported(what: str, problems: list[str]) -> None:
 
 # ---- UNet -------------------------------------------------------------------------------
 
-def diffusers_unet_config(cfg: Mapping | None = None) -> dict:
-    """`UNet2DConditionModel` config.json for our DiffusionUNet block."""
+def diffusers_unet_config(cfg: Mapping | None = None, time_embed_dim: int = 256) -> dict:
+    """`UNet2DConditionModel` config.json for our DiffusionUNet block. `time_embed_dim`: width of
+    each SDXL size embedding in the vector `y` (NUM_CLASSES 'sequential'; 256 in SDXL)."""
+    from ..models.backbones.unet import attention_levels
     c = filled_unet_cfg(cfg)
     head_ch = c.NUM_HEADS_CHANNELS if c.NUM_HEADS_CHANNELS is not None else c.NUM_HEAD_CHANNELS
     _unsupported('DiffusionUNet', [msg for bad, msg in (
         (c.RESBLOCK_UPDOWN, 'RESBLOCK_UPDOWN: true'), (not c.CONV_RESAMPLE, 'CONV_RESAMPLE: false'),
         (any(c.DISABLE_SELF_ATTENTIONS or []), 'DISABLE_SELF_ATTENTIONS'),
         (c.DISABLE_MIDDLE_SELF_ATTN, 'DISABLE_MIDDLE_SELF_ATTN: true'),
-        (isinstance(c.NUM_CLASSES, str), f'NUM_CLASSES: {c.NUM_CLASSES}')) if bad])
+        (len(set(per_level(c.CONTEXT_DIM, len(c.CHANNEL_MULT)))) > 1, 'CONTEXT_DIM different per level'),
+        (c.TRANSFORMER_DEPTH_MIDDLE not in (None, per_level(c.TRANSFORMER_DEPTH, len(c.CHANNEL_MULT))[-1]),
+         'TRANSFORMER_DEPTH_MIDDLE other than the last level\'s'),
+        (isinstance(c.NUM_CLASSES, str) and c.NUM_CLASSES != 'sequential', f'NUM_CLASSES: {c.NUM_CLASSES}')) if bad])
     levels = len(c.CHANNEL_MULT)
     widths = [c.MODEL_CHANNELS * m for m in c.CHANNEL_MULT]
-    attn = [2 ** level in c.ATTENTION_RESOLUTIONS for level in range(levels)]
+    attn = attention_levels(c)
     heads = [c.NUM_HEADS] * levels if head_ch == -1 else [w // head_ch for w in widths]
+    depth = [d if a else 1 for d, a in zip(per_level(c.TRANSFORMER_DEPTH, levels), attn)]
+    labels = {'num_class_embeds': c.NUM_CLASSES}
+    if c.NUM_CLASSES == 'sequential':  # SDXL: y = [pooled text | sinusoidal size embeddings]
+        labels = {'num_class_embeds': None, 'addition_embed_type': 'text_time',
+                  'addition_time_embed_dim': time_embed_dim, 'projection_class_embeddings_input_dim': c.ADM_IN_CHANNELS}
     return {
         '_class_name': 'UNet2DConditionModel', 'sample_size': 64,
         'in_channels': c.IN_CHANNELS, 'out_channels': c.OUT_CHANNELS, 'center_input_sample': False,
@@ -69,11 +79,11 @@ def diffusers_unet_config(cfg: Mapping | None = None) -> dict:
         'only_cross_attention': False, 'block_out_channels': widths,
         'layers_per_block': _one_or_list(per_level(c.NUM_RES_BLOCKS, levels)),
         'downsample_padding': 1, 'mid_block_scale_factor': 1, 'dropout': float(c.DROPOUT), 'act_fn': 'silu',
-        'norm_num_groups': 32, 'norm_eps': 1e-5, 'cross_attention_dim': c.CONTEXT_DIM,
-        'transformer_layers_per_block': _one_or_list(per_level(c.TRANSFORMER_DEPTH, levels)),
+        'norm_num_groups': 32, 'norm_eps': 1e-5, 'cross_attention_dim': per_level(c.CONTEXT_DIM, levels)[0],
+        'transformer_layers_per_block': _one_or_list(depth),
         'attention_head_dim': _one_or_list(heads), 'use_linear_projection': bool(c.USE_LINEAR_IN_TRANSFORMER),
         'resnet_time_scale_shift': 'scale_shift' if c.USE_SCALE_SHIFT_NORM else 'default',
-        'upcast_attention': False, 'num_class_embeds': c.NUM_CLASSES,
+        'upcast_attention': bool(c.UPCAST_ATTENTION), **labels,
     }
 
 
@@ -94,7 +104,13 @@ def unet_cfg_from_diffusers(config: Mapping) -> dict:
         'USE_LINEAR_IN_TRANSFORMER': bool(config.get('use_linear_projection', False)),
         'USE_SCALE_SHIFT_NORM': config.get('resnet_time_scale_shift', 'default') == 'scale_shift',
         'DROPOUT': float(config.get('dropout', 0.0)), 'NUM_CLASSES': config.get('num_class_embeds'),
+        'UPCAST_ATTENTION': bool(config.get('upcast_attention', False)),
     }
+    if config.get('addition_embed_type') == 'text_time':  # SDXL's add_embedding over [pooled | size embeddings]
+        out.update(NUM_CLASSES='sequential', ADM_IN_CHANNELS=config['projection_class_embeddings_input_dim'])
+    elif config.get('addition_embed_type') or config.get('class_embed_type'):
+        raise ConfigError(f"diffusers UNet: addition_embed_type {config.get('addition_embed_type')!r} / "
+                          f"class_embed_type {config.get('class_embed_type')!r} is not supported")
     if len(set(heads)) == 1:
         out.update(NUM_HEADS=heads[0], NUM_HEAD_CHANNELS=-1)
     else:

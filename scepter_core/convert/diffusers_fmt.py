@@ -15,13 +15,14 @@ from ..errors import CheckpointError
 from .configs import (SD_SCALE_FACTOR, clip_text_config_from_state, diffusers_unet_config,
                       diffusers_vae_config, unet_cfg_from_diffusers, vae_cfg_from_diffusers)
 from .keymap import KeyMap
+from .text_map import diffusers_text_prefixes, ours_text_folders
 from .unet_map import unet_keymap
 from .vae_map import vae_keymap
 
 TEXT_PREFIX = 'cond_stage_model.transformer.'
 # CLIPTextModel weights sit under `text_model.` in hub folders (transformers < 5); transformers
 # 5 saves them without it. Both are read; `text_model.` is written, which both versions load.
-TEXT_MAP = KeyMap([('text_model', 'text_model')], name='text encoder',
+TEXT_MAP = KeyMap([('text_model', 'text_model'), ('text_projection', 'text_projection')], name='text encoder',
                   extra_theirs=[(f'text_model.{m}', m) for m in ('embeddings', 'encoder', 'final_layer_norm')])
 WEIGHT_NAMES = ('diffusion_pytorch_model.safetensors', 'model.safetensors', 'diffusion_pytorch_model.bin',
                 'pytorch_model.bin')
@@ -52,18 +53,18 @@ def _component_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"'{folder}': no weights (expected one of {', '.join(WEIGHT_NAMES)})")
 
 
-COMPONENTS = ('unet', 'vae', 'text_encoder')
+COMPONENTS = ('unet', 'vae', 'text_encoder', 'text_encoder_2')
 
 
 def read_diffusers_configs(path: str | Path) -> dict[str, dict]:
-    """{component: config.json} for the unet, vae and text_encoder folders present."""
+    """{component: config.json} for the unet, vae and text encoder folders present."""
     root = Path(path)
     return {part: _read_json(root / part / 'config.json') if (root / part / 'config.json').is_file() else {}
             for part in COMPONENTS if (root / part).is_dir()}
 
 
 def read_diffusers(path: str | Path) -> tuple[dict[str, dict], dict[str, dict]]:
-    """({component: state dict}, {component: config.json}) for unet, vae and text_encoder."""
+    """({component: state dict}, {component: config.json}) for unet, vae and the text encoders."""
     configs = read_diffusers_configs(path)
     if not configs:
         raise CheckpointError(f"'{path}': no unet/, vae/ or text_encoder/ folder")
@@ -80,8 +81,8 @@ def diffusers_to_ours(components: Mapping[str, Mapping[str, torch.Tensor]],
     if 'vae' in components:
         vae = vae_keymap(vae_cfg_from_diffusers(configs['vae'])).to_ours(components['vae'])
         out.update({f'first_stage_model.{k}': v for k, v in vae.items()})
-    if 'text_encoder' in components:
-        out.update({TEXT_PREFIX + k: v for k, v in TEXT_MAP.to_ours(components['text_encoder']).items()})
+    for part, prefix in diffusers_text_prefixes(components).items():
+        out.update({prefix + k: v for k, v in TEXT_MAP.to_ours(components[part]).items()})
     return out
 
 
@@ -94,13 +95,13 @@ def ours_to_diffusers(sd: Mapping[str, torch.Tensor], unet_cfg: Mapping | None =
     """{'unet', 'vae', 'text_encoder'} state dicts in diffusers names (parts present in `sd`).
     Entries with no diffusers place (EMA copy, schedule buffers) are left out."""
     out: dict[str, dict[str, torch.Tensor]] = {}
-    unet, vae, text = _take(sd, 'model.'), _take(sd, 'first_stage_model.'), _take(sd, TEXT_PREFIX)
+    unet, vae = _take(sd, 'model.'), _take(sd, 'first_stage_model.')
     if unet:
         out['unet'] = unet_keymap(unet_cfg).to_theirs(unet)
     if vae:
         out['vae'] = vae_keymap(vae_cfg).to_theirs(vae)
-    if text:
-        out['text_encoder'] = TEXT_MAP.to_theirs(text)
+    for part, prefix in ours_text_folders(sd).items():
+        out[part] = TEXT_MAP.to_theirs(_take(sd, prefix))
     return out
 
 

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import CheckpointError
 from .keymap import KeyMap, lookup_prefix
+from .text_map import is_text_key, text_to_ours, text_to_single_file
 
 LDM_PAIRS = [('model', 'model.diffusion_model'), ('first_stage_model', 'first_stage_model'),
              ('cond_stage_model.transformer.text_model', 'cond_stage_model.transformer.text_model')]
@@ -42,8 +43,10 @@ def dotless_table(names: Iterable[str]) -> dict[str, str]:
 
 def ldm_to_ours(sd: Mapping[str, torch.Tensor], unet_cfg: Mapping | None = None) -> dict[str, torch.Tensor]:
     """Rename an LDM single-file state dict to ours. EMA names are resolved against the UNet
-    names in the same file, else against the UNet built from `unet_cfg` (default SD1.5)."""
-    out = _rename(sd, LDM_MAP.to_ours_table)
+    names in the same file, else against the UNet built from `unet_cfg` (default SD1.5).
+    SD2 / SDXL text encoders (OpenCLIP towers, SDXL's conditioner) go through text_map."""
+    out = _rename({k: v for k, v in sd.items() if not is_text_key(k)}, LDM_MAP.to_ours_table)
+    out.update(text_to_ours(sd))
     ema = {k[len(LDM_EMA_PREFIX):]: v for k, v in sd.items()
            if k.startswith(LDM_EMA_PREFIX) and k not in EMA_COUNTERS}
     if not ema:
@@ -61,9 +64,11 @@ def ldm_to_ours(sd: Mapping[str, torch.Tensor], unet_cfg: Mapping | None = None)
     return out
 
 
-def ours_to_ldm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename our state dict to LDM single-file names (the EMA copy included)."""
-    out = _rename(sd, LDM_MAP.to_theirs_table)
+def ours_to_ldm(sd: Mapping[str, torch.Tensor], openclip: bool = False) -> dict[str, torch.Tensor]:
+    """Rename our state dict to LDM / SGM single-file names (the EMA copy included). `openclip`:
+    the text encoder is SD2's OpenCLIP tower (written as `cond_stage_model.model.*`)."""
+    out = _rename({k: v for k, v in sd.items() if not is_text_key(k, openclip)}, LDM_MAP.to_theirs_table)
+    out.update(text_to_single_file(sd, openclip))
     for key in [k for k in out if k.startswith(EMA_PREFIX) and k not in EMA_COUNTERS]:
         out[LDM_EMA_PREFIX + key[len(EMA_PREFIX):].replace('.', '')] = out.pop(key)
     return out

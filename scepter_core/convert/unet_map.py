@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..errors import ConfigError
+from ..models.backbones.unet import attention_levels
 from .configs import filled_unet_cfg, per_level
 from .keymap import KeyMap, Pairs
 
@@ -23,7 +24,7 @@ def unet_pairs(cfg: Mapping | None = None) -> Pairs:
         raise ConfigError('DiffusionUNet: RESBLOCK_UPDOWN has no diffusers UNet2DConditionModel counterpart')
     levels = len(c.CHANNEL_MULT)
     blocks = per_level(c.NUM_RES_BLOCKS, levels)
-    attn = [2 ** level in c.ATTENTION_RESOLUTIONS for level in range(levels)]
+    attn = attention_levels(c)
     pairs: Pairs = [('time_embed.0', 'time_embedding.linear_1'), ('time_embed.2', 'time_embedding.linear_2'),
                     ('input_blocks.0.0', 'conv_in'), ('out.0', 'conv_norm_out'), ('out.2', 'conv_out')]
     if isinstance(c.NUM_CLASSES, int):

@@ -14,11 +14,12 @@ class CrossAttention(nn.Module):
     """Multi-head attention over `context` (self-attention when it is None), through SDPA."""
 
     def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8,
-                 dim_head: int = 64, dropout: float = 0.0):
+                 dim_head: int = 64, dropout: float = 0.0, upcast: bool = False):
         super().__init__()
         inner = heads * dim_head
         context_dim = context_dim or query_dim
         self.heads = heads
+        self.upcast = upcast
         self.to_q = Linear(query_dim, inner, bias=False)
         self.to_k = Linear(context_dim, inner, bias=False)
         self.to_v = Linear(context_dim, inner, bias=False)
@@ -33,7 +34,10 @@ class CrossAttention(nn.Module):
         q = self.to_q(x).view(b, n, self.heads, -1).transpose(1, 2)
         k = self.to_k(c).view(b, c.shape[1], self.heads, -1).transpose(1, 2)
         v = self.to_v(c).view(b, c.shape[1], self.heads, -1).transpose(1, 2)
-        out = self.attention(q, k, v)
+        if self.upcast and q.dtype in (torch.float16, torch.bfloat16):  # SD2's upcast_attention
+            out = self.attention(q.float(), k.float(), v.float()).to(q.dtype)
+        else:
+            out = self.attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -92,12 +96,12 @@ class BasicTransformerBlock(nn.Module):
     """Self-attention (or cross-only when disabled), cross-attention, feed-forward; pre-norm."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None,
-                 dropout: float = 0.0, disable_self_attn: bool = False):
+                 dropout: float = 0.0, disable_self_attn: bool = False, upcast: bool = False):
         super().__init__()
         self.disable_self_attn = disable_self_attn
-        self.attn1 = CrossAttention(dim, context_dim if disable_self_attn else None, heads, dim_head, dropout)
+        self.attn1 = CrossAttention(dim, context_dim if disable_self_attn else None, heads, dim_head, dropout, upcast)
         self.ff = FeedForward(dim, dropout=dropout)
-        self.attn2 = CrossAttention(dim, context_dim, heads, dim_head, dropout)
+        self.attn2 = CrossAttention(dim, context_dim, heads, dim_head, dropout, upcast)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
@@ -115,7 +119,7 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, channels: int, heads: int, dim_head: int, depth: int = 1,
                  context_dim: int | None = None, dropout: float = 0.0, disable_self_attn: bool = False,
-                 use_linear: bool = False, use_checkpoint: bool = False):
+                 use_linear: bool = False, use_checkpoint: bool = False, upcast: bool = False):
         super().__init__()
         inner = heads * dim_head
         self.use_linear = use_linear
@@ -123,7 +127,7 @@ class SpatialTransformer(nn.Module):
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)
         self.proj_in = Linear(channels, inner) if use_linear else Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout, disable_self_attn)
+            BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout, disable_self_attn, upcast)
             for _ in range(depth))
         self.proj_out = Linear(inner, channels) if use_linear else Conv2d(inner, channels, 1)
         nn.init.zeros_(self.proj_out.weight)  # the block starts as the identity

@@ -19,6 +19,15 @@ from .attention import SpatialTransformer
 from .unet_blocks import Downsample, EmbedSequential, ResBlock, TimestepEmbedding, Upsample
 
 
+def attention_levels(cfg: Config) -> list[bool]:
+    """Per level: whether its blocks end in a spatial transformer (its downsampling factor is
+    in ATTENTION_RESOLUTIONS and its TRANSFORMER_DEPTH is not 0). `cfg`: a filled UNet block."""
+    levels = len(cfg.CHANNEL_MULT)
+    depth = cfg.TRANSFORMER_DEPTH if isinstance(cfg.TRANSFORMER_DEPTH, (list, tuple)) \
+        else [cfg.TRANSFORMER_DEPTH] * levels
+    return [2 ** level in cfg.ATTENTION_RESOLUTIONS and depth[level] > 0 for level in range(levels)]
+
+
 @BACKBONES.register_class()
 class DiffusionUNet(TrainModule):
     """Noise-prediction UNet with cross-attention (SD1.5 defaults: 859,520,964 parameters)."""
@@ -42,9 +51,14 @@ class DiffusionUNet(TrainModule):
         'RESBLOCK_UPDOWN': {'value': False, 'description': 'Resample with res blocks instead of plain layers.'},
         'USE_SPATIAL_TRANSFORMER': {'value': True, 'choices': (True,),
                                     'description': 'Cross-attention transformers (the only attention implemented).'},
-        'TRANSFORMER_DEPTH': {'value': 1, 'type': (int, list),
-                              'description': 'Transformer blocks per attention layer (an int, or one per level).'},
-        'CONTEXT_DIM': {'value': 768, 'type': int, 'description': 'Width of the cross-attention context.'},
+        'TRANSFORMER_DEPTH': {'value': 1, 'type': (int, list), 'description':
+                              'Transformer blocks per attention layer (an int, or one per level; 0: no attention).'},
+        'TRANSFORMER_DEPTH_MIDDLE': {'value': None, 'type': int,
+                                     'description': "Middle block's transformer blocks; null: the last level's."},
+        'CONTEXT_DIM': {'value': 768, 'type': (int, list),
+                        'description': 'Width of the cross-attention context (an int, or one per level).'},
+        'UPCAST_ATTENTION': {'value': False, 'description':
+                             'Attention in float32 under half precision (SD2.1-v overflows in fp16 otherwise).'},
         'DISABLE_SELF_ATTENTIONS': {'value': None, 'type': list, 'description':
                                     'Per level: true makes the first attention cross-only.'},
         'DISABLE_MIDDLE_SELF_ATTN': {'value': False, 'description': 'Cross-only first attention in the middle.'},
@@ -67,6 +81,8 @@ class DiffusionUNet(TrainModule):
         self.num_res_blocks = self._per_level(c.NUM_RES_BLOCKS, levels, 'NUM_RES_BLOCKS')
         self.transformer_depth = self._per_level(c.TRANSFORMER_DEPTH, levels, 'TRANSFORMER_DEPTH')
         self.disabled_sa = self._per_level(c.DISABLE_SELF_ATTENTIONS or False, levels, 'DISABLE_SELF_ATTENTIONS')
+        self.context_dims = self._per_level(c.CONTEXT_DIM, levels, 'CONTEXT_DIM')
+        self.attention_levels = attention_levels(c)
         self.head_channels = c.NUM_HEADS_CHANNELS if c.NUM_HEADS_CHANNELS is not None else c.NUM_HEAD_CHANNELS
         if self.head_channels == -1 and c.NUM_HEADS <= 0:
             raise ConfigError(f"'{c.path or 'DiffusionUNet'}': set NUM_HEADS > 0 or NUM_HEAD_CHANNELS > 0")
@@ -114,23 +130,26 @@ class DiffusionUNet(TrainModule):
         c = self.cfg
         return ResBlock(ch, emb_dim, c.DROPOUT, out, c.USE_SCALE_SHIFT_NORM, use_checkpoint=c.USE_CHECKPOINT, **kw)
 
-    def _attn(self, ch: int, depth: int, disable_self_attn: bool) -> SpatialTransformer:
+    def _attn(self, ch: int, level: int, middle: bool = False) -> SpatialTransformer:
         c = self.cfg
         heads, dim_head = self._heads(ch)
-        return SpatialTransformer(ch, heads, dim_head, depth, c.CONTEXT_DIM, c.DROPOUT, disable_self_attn,
-                                  c.USE_LINEAR_IN_TRANSFORMER, c.USE_CHECKPOINT)
+        depth = (c.TRANSFORMER_DEPTH_MIDDLE if c.TRANSFORMER_DEPTH_MIDDLE is not None
+                 else self.transformer_depth[-1]) if middle else self.transformer_depth[level]
+        disabled = c.DISABLE_MIDDLE_SELF_ATTN if middle else self.disabled_sa[level]
+        return SpatialTransformer(ch, heads, dim_head, depth, self.context_dims[level], c.DROPOUT, disabled,
+                                  c.USE_LINEAR_IN_TRANSFORMER, c.USE_CHECKPOINT, c.UPCAST_ATTENTION)
 
     def _build_blocks(self, emb_dim: int) -> None:
         c = self.cfg
         mc = c.MODEL_CHANNELS
         self.input_blocks = nn.ModuleList([nn.Sequential(Conv2d(c.IN_CHANNELS, mc, 3, padding=1))])
-        skip_chans, ch, ds = [mc], mc, 1
+        skip_chans, ch = [mc], mc
         for level, mult in enumerate(c.CHANNEL_MULT):
             for _ in range(self.num_res_blocks[level]):
                 layers: list[nn.Module] = [self._res(ch, emb_dim, mult * mc)]
                 ch = mult * mc
-                if ds in c.ATTENTION_RESOLUTIONS:
-                    layers.append(self._attn(ch, self.transformer_depth[level], self.disabled_sa[level]))
+                if self.attention_levels[level]:
+                    layers.append(self._attn(ch, level))
                 self.input_blocks.append(EmbedSequential(*layers))
                 skip_chans.append(ch)
             if level != len(c.CHANNEL_MULT) - 1:
@@ -138,21 +157,19 @@ class DiffusionUNet(TrainModule):
                     else Downsample(ch, c.CONV_RESAMPLE)
                 self.input_blocks.append(EmbedSequential(down))
                 skip_chans.append(ch)
-                ds *= 2
         self.middle_block = EmbedSequential(
-            self._res(ch, emb_dim), self._attn(ch, self.transformer_depth[-1], c.DISABLE_MIDDLE_SELF_ATTN),
+            self._res(ch, emb_dim), self._attn(ch, len(c.CHANNEL_MULT) - 1, middle=True),
             self._res(ch, emb_dim))
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(c.CHANNEL_MULT))):
             for i in range(self.num_res_blocks[level] + 1):
                 layers = [self._res(ch + skip_chans.pop(), emb_dim, mc * mult)]
                 ch = mc * mult
-                if ds in c.ATTENTION_RESOLUTIONS:
-                    layers.append(self._attn(ch, self.transformer_depth[level], self.disabled_sa[level]))
+                if self.attention_levels[level]:
+                    layers.append(self._attn(ch, level))
                 if level and i == self.num_res_blocks[level]:
                     layers.append(self._res(ch, emb_dim, ch, up=True) if c.RESBLOCK_UPDOWN
                                   else Upsample(ch, c.CONV_RESAMPLE))
-                    ds //= 2
                 self.output_blocks.append(EmbedSequential(*layers))
         self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), Conv2d(mc, c.OUT_CHANNELS, 3, padding=1))
         nn.init.zeros_(self.out[2].weight)
@@ -167,10 +184,11 @@ class DiffusionUNet(TrainModule):
                 **kwargs: Any) -> torch.Tensor:
         """Predict from `x` [B, C, H, W] at timesteps `t` [B] (or a scalar). `cond` is the
         context [B, L, CONTEXT_DIM] or a dict with 'crossattn', 'concat' (joined on channels)
-        and 'y' (class ids or vectors). Extra keyword arguments are accepted and ignored."""
+        and 'y' or 'vector' (class ids or vectors: SDXL's pooled text + size embeddings).
+        Extra keyword arguments are accepted and ignored."""
         context, y = cond, None
         if isinstance(cond, dict):
-            context, y = cond.get('crossattn'), cond.get('y')
+            context, y = cond.get('crossattn'), cond.get('y', cond.get('vector'))
             if cond.get('concat') is not None:
                 x = torch.cat([x, cond['concat']], dim=1)
         t_emb = self.time_features(t, x.shape[0], x.device).to(self.time_embed[0].weight.dtype)
@@ -189,3 +207,28 @@ class DiffusionUNet(TrainModule):
             h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
         return self.out(h)
+
+
+@BACKBONES.register_class()
+class DiffusionUNetXL(DiffusionUNet):
+    """Scepter's SDXL UNet name: the same network, SDXL base defaults (2,567,463,684 parameters),
+    `cond` a dict with 'crossattn' [B, 77, 2048] and 'vector' (or 'y') [B, 2816]."""
+
+    para_dict = {
+        'CHANNEL_MULT': {'value': [1, 2, 4], 'description': 'Channel multiplier of each level.'},
+        'ATTENTION_RESOLUTIONS': {'value': [4, 2], 'description':
+                                  'Downsampling factors at which a spatial transformer follows each res block.'},
+        'TRANSFORMER_DEPTH': {'value': [1, 2, 10], 'type': (int, list), 'description':
+                              'Transformer blocks per attention layer (an int, or one per level; 0: no attention).'},
+        'NUM_HEADS_CHANNELS': {'value': 64, 'type': int, 'description': 'Channels per attention head.'},
+        'CONTEXT_DIM': {'value': 2048, 'type': (int, list), 'description': 'Width of the cross-attention context.'},
+        'USE_LINEAR_IN_TRANSFORMER': {'value': True, 'description': 'Linear (not 1x1 conv) proj_in/proj_out.'},
+        'NUM_CLASSES': {'value': 'sequential', 'type': (int, str),
+                        'description': "'sequential': the UNet takes a vector y of ADM_IN_CHANNELS."},
+        'ADM_IN_CHANNELS': {'value': 2816, 'description': 'Width of y (pooled text 1280 + 6 size embeddings x 256).'},
+        # Keys of Scepter's recipes with one meaning here (the only behaviour implemented).
+        'USE_NEW_ATTENTION_ORDER': {'value': True, 'choices': (True,),
+                                    'description': 'Split heads before q/k/v (the only order implemented).'},
+        'USE_SENTENCE_EMB': {'value': False, 'choices': (False,), 'description': 'Not implemented: false.'},
+        'USE_WORD_MAPPING': {'value': False, 'choices': (False,), 'description': 'Not implemented: false.'},
+    }
