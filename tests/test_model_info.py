@@ -101,16 +101,18 @@ def test_memory_figures_follow_from_the_counts():
     comps, mem = data['components'], data['memory']
     total = sum(c['parameters'] for c in comps.values())
     assert mem['inference'] == 2 * total
-    assert mem['full_training'] == TRAIN_BYTES * comps['unet']['parameters'] + 2 * (total - comps['unet']['parameters'])
+    unet = comps['unet']['parameters']  # + its bf16 copies under autocast
+    assert mem['full_training'] == TRAIN_BYTES * unet + 2 * unet + 2 * (total - unet)
+    assert family_info('sdxl', dtype='float32')['memory']['full_training'] == TRAIN_BYTES * unet + 4 * (total - unet)
     lora = sum(c.get('lora_parameters', 0) for c in comps.values())
     assert mem['lora_training'] == 2 * total + TRAIN_BYTES * lora
     # rank 8 on the UNet's attention / feed-forward projections, counted on diffusers' UNet too
     from diffusers import UNet2DConditionModel
     with torch.device('meta'):
-        unet = UNet2DConditionModel(**DIFFUSERS_UNETS['sdxl'])
+        theirs = UNet2DConditionModel(**DIFFUSERS_UNETS['sdxl'])
     targets = re.compile(r'(to_q|to_k|to_v|to_out\.0|ff\.net\.0\.proj|ff\.net\.2)$')
     assert comps['unet']['lora_parameters'] == sum(8 * (m.in_features + m.out_features)
-                                                   for n, m in unet.named_modules() if targets.search(n))
+                                                   for n, m in theirs.named_modules() if targets.search(n))
     assert family_info('sdxl', lora_rank=16)['components']['unet']['lora_parameters'] == 2 * comps['unet']['lora_parameters']
 
 

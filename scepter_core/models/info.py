@@ -55,13 +55,16 @@ def component_info(folder: str, module: nn.Module, lora_rank: int) -> dict[str, 
 
 def memory(components: dict[str, dict[str, Any]], dtype: str) -> dict[str, int]:
     """Bytes to hold the components: for inference (all in `dtype`), for a full fine-tune of the
-    UNet (its fp32 weights, gradients and AdamW state; the rest frozen in `dtype`), and for LoRA
-    on the UNet and text encoders (all weights frozen in `dtype`, adapters trained in fp32)."""
+    UNet (its fp32 weights, gradients and AdamW state, plus the half-precision weight copies
+    autocast keeps; the rest frozen in `dtype`, as the solver casts frozen modules under
+    USE_AMP), and for LoRA on the UNet and text encoders (every base weight frozen in `dtype`,
+    adapters trained in fp32)."""
     size = DTYPE_BYTES[dtype]
     total = sum(c['parameters'] for c in components.values())
     unet = components.get('unet', {}).get('parameters', 0)
     lora = sum(c.get('lora_parameters', 0) for c in components.values())
-    return {'inference': total * size, 'full_training': unet * TRAIN_BYTES + (total - unet) * size,
+    autocast_copies = unet * size if size < 4 else 0
+    return {'inference': total * size, 'full_training': unet * TRAIN_BYTES + autocast_copies + (total - unet) * size,
             'lora_training': total * size + lora * TRAIN_BYTES}
 
 
