@@ -53,12 +53,14 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
-def load_text_model(directory: str, where: str, logger: logging.Logger) -> nn.Module:
-    """A CLIPTextModel from a transformers directory (CLIPTextModel or full CLIPModel)."""
-    from transformers import CLIPTextModel
+def load_text_model(directory: str, where: str, logger: logging.Logger, model_cls: type | None = None) -> nn.Module:
+    """A CLIPTextModel (or `model_cls`, e.g. CLIPTextModelWithProjection) from a transformers
+    directory (that class's own, or a full CLIPModel's)."""
+    if model_cls is None:
+        from transformers import CLIPTextModel as model_cls
     try:
         with _quiet_transformers():
-            model, info = CLIPTextModel.from_pretrained(directory, output_loading_info=True)
+            model, info = model_cls.from_pretrained(directory, output_loading_info=True)
     except Exception as e:
         raise CheckpointError(f"'{where}': cannot load a CLIP text model from '{directory}': "
                               f'{type(e).__name__}: {e}') from e
@@ -71,15 +73,25 @@ def load_text_model(directory: str, where: str, logger: logging.Logger) -> nn.Mo
     return model.float()  # SD keeps its text encoder in fp32; autocast handles half precision
 
 
-def build_text_config(overrides: dict, where: str):
-    """CLIPTextConfig from ViT-L/14's text config with `overrides` on top."""
+def build_text_config(overrides: dict, where: str, base: dict | None = None):
+    """CLIPTextConfig from `base` (ViT-L/14's text config by default) with `overrides` on top."""
     from transformers import CLIPTextConfig
     known = CLIPTextConfig().to_dict()
     for key in overrides:
         if key not in known:
             raise ConfigError(f"'{where}.CONFIG.{key}': not a CLIPTextConfig field." +
                               did_you_mean(key, known))
-    return CLIPTextConfig(**{**VIT_L14_TEXT_CONFIG, **overrides})
+    return CLIPTextConfig(**{**(base or VIT_L14_TEXT_CONFIG), **overrides})
+
+
+def local_model_dir(uri: str | None, where: str) -> str | None:
+    """The local directory behind a PRETRAINED_MODEL value (None stays None)."""
+    if not uri:
+        return None
+    try:
+        return str(FS.get_dir_to_local_dir(uri, wait_finish=True))
+    except FileNotAvailable as e:
+        raise FileNotAvailable(f"'{where}.PRETRAINED_MODEL': {e}") from e
 
 
 @EMBEDDERS.register_class()
@@ -96,6 +108,9 @@ class FrozenCLIPEmbedder(BaseEmbedder):
         'CONFIG': {'value': VIT_L14_TEXT_CONFIG, 'type': dict,
                    'description': 'CLIPTextConfig fields over the CLIP ViT-L/14 text config; used only '
                                   'when PRETRAINED_MODEL is null.'},
+        'TOKENIZER_PATH': {'value': None, 'type': str,
+                           'description': 'Tokenizer directory (or URI); null: the one in PRETRAINED_MODEL, '
+                                          'else the packaged CLIP vocabulary.'},
         'MAX_LENGTH': {'value': 77, 'description': 'Tokens per prompt for encode().'},
         'LAYER': {'value': 'last', 'choices': LAYERS,
                   'description': 'Output: last hidden state, pooled (end token) state, '
@@ -117,25 +132,18 @@ class FrozenCLIPEmbedder(BaseEmbedder):
         self.layer_idx: int | None = self.cfg.LAYER_IDX
         self.use_final_layer_norm: bool = self.cfg.USE_FINAL_LAYER_NORM
         where = self.cfg.path or type(self).__name__
-        local = self._local_model_dir(where)
+        local = local_model_dir(self.cfg.PRETRAINED_MODEL, where)
         if local:
             text_model = load_text_model(local, where, self.logger)
         else:
             from transformers import CLIPTextModel
             text_model = CLIPTextModel(build_text_config(Config(self.cfg.CONFIG).to_dict(), where))
         self.transformer = nest_text_model(text_model)
-        self.tokenizer = ClipTokenizer({'PRETRAINED_PATH': local, 'LENGTH': self.max_length}, logger=self.logger)
+        self.tokenizer = ClipTokenizer({'PRETRAINED_PATH': self.cfg.TOKENIZER_PATH or local, 'LENGTH': self.max_length},
+                                       logger=self.logger)
         self._check_layer(where)
         if self.freeze_flag:
             self.freeze()  # TrainModule.freeze: no grad, and eval mode that a parent's .train() keeps
-
-    def _local_model_dir(self, where: str) -> str | None:
-        if not self.cfg.PRETRAINED_MODEL:
-            return None
-        try:
-            return str(FS.get_dir_to_local_dir(self.cfg.PRETRAINED_MODEL, wait_finish=True))
-        except FileNotAvailable as e:
-            raise FileNotAvailable(f"'{where}.PRETRAINED_MODEL': {e}") from e
 
     def _check_layer(self, where: str) -> None:
         config = self.transformer.text_model.config

@@ -1,5 +1,7 @@
 """LatentDiffusion: a UNet denoising in the latent space of an autoencoder,
-conditioned on text (Stable Diffusion 1.5 and the tiny default example)."""
+conditioned on text (Stable Diffusion 1.5 and 2.x, the tiny default example). How the
+condition is made is one overridable piece (`condition`, `unconditional`, `model_inputs`);
+LatentDiffusionXL overrides only that."""
 from __future__ import annotations
 
 import contextlib
@@ -150,6 +152,27 @@ class LatentDiffusion(TrainModule):
             return self.latent_cache.encode_texts(self.cond_stage_model, prompts, encode)
         return encode(prompts)
 
+    # ---- conditioning: the piece a model family overrides (LatentDiffusionXL) ------------
+    def condition_keys(self) -> tuple[str, ...]:
+        """Batch keys besides the prompt that the condition reads (forward_test takes them
+        out of its keyword arguments)."""
+        return ()
+
+    def condition(self, prompt: list[str], inputs: dict[str, Any], size: tuple[int, int],
+                  train: bool = False) -> Any:
+        """The condition for `prompt` (and `inputs`, for images of `size` pixels)."""
+        return self.encode_prompts(prompt)
+
+    def unconditional(self, n_prompt: list[str], inputs: dict[str, Any], size: tuple[int, int]) -> Any:
+        """The negative condition that classifier-free guidance steers away from."""
+        return self.condition(n_prompt, inputs, size)
+
+    def model_inputs(self, cond: Any) -> dict[str, Any]:
+        """Backbone keyword arguments for a condition: a conditioner's 'vector' is the UNet's `y`."""
+        if isinstance(cond, dict) and 'vector' in cond:
+            cond = {('y' if k == 'vector' else k): v for k, v in cond.items()}
+        return {'cond': cond}
+
     def noise_sample(self, batch: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
         c = self.cfg.DIFFUSION_MODEL.IN_CHANNELS
         dev = next(self.model.parameters()).device
@@ -163,8 +186,8 @@ class LatentDiffusion(TrainModule):
         context = {}
         if prompt and self.cond_stage_model is not None:
             prompt = [self.train_n_prompt if random.random() < self.p_zero else p for p in prompt]
-            context = self.encode_prompts(prompt)
-        loss = self.diffusion.loss(x0=x_start, t=t, model=self.model, model_kwargs={'cond': context},
+            context = self.condition(prompt, kwargs, tuple(image.shape[-2:]), train=True)
+        loss = self.diffusion.loss(x0=x_start, t=t, model=self.model, model_kwargs=self.model_inputs(context),
                                    noise=noise, loss_fn=self.loss)
         return {'loss': loss.mean(), 'probe_data': {'prompt': prompt}}
 
@@ -189,13 +212,14 @@ class LatentDiffusion(TrainModule):
         dev = next(self.model.parameters()).device
         g = torch.Generator(device=dev).manual_seed(seed)
         h, w = (image_size, image_size) if isinstance(image_size, int) else (image_size or self.cfg.IMAGE_SIZE)
-        context = self.encode_prompts(prompt)
-        null_context = self.encode_prompts(n_prompt)
+        inputs = {k: kwargs.pop(k) for k in self.condition_keys() if k in kwargs}
+        context = self.condition(prompt, inputs, (h, w))
+        null_context = self.unconditional(n_prompt, inputs, (h, w))
         noise = self.noise_sample(len(prompt), h // self.size_factor, w // self.size_factor, g)
         use_ema = self.model_ema is not None if use_ema is None else use_ema
         net = self.model_ema if use_ema and self.model_ema is not None else self.model
         samples = self.diffusion.sample(solver=sampler, noise=noise, model=net,
-                                        model_kwargs=[{'cond': context}, {'cond': null_context}],
+                                        model_kwargs=[self.model_inputs(context), self.model_inputs(null_context)],
                                         steps=sample_steps, guide_scale=guide_scale, guide_rescale=guide_rescale,
                                         discretization=discretization, show_progress=show_progress, seed=seed,
                                         **kwargs)

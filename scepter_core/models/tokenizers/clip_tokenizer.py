@@ -99,3 +99,18 @@ class ClipTokenizer(BaseTokenizer):
         # has no upper-case words, so that part is not optional.
         return self.tokenizer(texts, padding='max_length', truncation=True, max_length=self.length,
                               return_tensors='pt').input_ids
+
+
+@TOKENIZERS.register_class()
+class OpenClipTokenizer(ClipTokenizer):
+    """OpenCLIP's tokenizer (SD2's, SDXL's second encoder): the same BPE as ClipTokenizer,
+    but rows are padded with id 0 after the end token (open_clip.tokenize; diffusers'
+    `tokenizer_2` pads with '!', which is id 0)."""
+
+    PAD_ID = 0
+
+    def __call__(self, texts: str | list[str]) -> torch.Tensor:
+        ids = super().__call__(texts)
+        eos = self.tokenizer.eos_token_id
+        after_end = (ids == eos).int().cumsum(dim=1) - (ids == eos).int() > 0  # past the first end token
+        return ids.masked_fill(after_end, self.PAD_ID)
