@@ -1,2 +1,2 @@
-"""Backbones: the LDM / Stable Diffusion UNet. Importing this package registers them."""
-from . import unet  # noqa: F401
+"""Backbones: the LDM / Stable Diffusion UNet and the FLUX transformer. Importing this package registers them."""
+from . import flux, unet  # noqa: F401
