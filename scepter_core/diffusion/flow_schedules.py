@@ -142,12 +142,14 @@ class FlowMatchFluxShiftScheduler(FlowSamplingSchedule):
         'MAX_SHIFT': {'value': 1.15, 'description': 'mu at MAX_SEQ_LEN image tokens.'},
         'BASE_SEQ_LEN': {'value': 256, 'description': 'Image tokens where mu = BASE_SHIFT.'},
         'MAX_SEQ_LEN': {'value': 4096, 'description': 'Image tokens where mu = MAX_SHIFT.'},
+        'STATIC_SHIFT': {'value': 1.0, 'description': 'Fixed shift applied instead when SHIFT is false '
+                                                      '(a scheduler config without dynamic shifting).'},
         'SIGMOID_SCALE': {'value': 1.0, 'description': "Accepted for Scepter's recipes (its sigmoid schedule); "
                                                        'unused by this grid.'},
     }
 
     def shifted(self, s: np.ndarray, image_tokens: int) -> np.ndarray:
         if not self.cfg.SHIFT:
-            return s
+            return shift_sigmas(s, float(self.cfg.STATIC_SHIFT))
         c = self.cfg
         return exponential_shift(s, flux_mu(image_tokens, c.BASE_SEQ_LEN, c.MAX_SEQ_LEN, c.BASE_SHIFT, c.MAX_SHIFT))

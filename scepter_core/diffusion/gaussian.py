@@ -102,6 +102,10 @@ class GaussianDiffusion(SamplingMixin, BaseObject):
     def sigma_to_t(self, sigma: torch.Tensor | float) -> torch.Tensor:
         return sigma_to_t(torch.as_tensor(sigma).cpu(), self.log_sigmas)
 
+    def sample_t(self, batch: int, device: torch.device | str = 'cpu') -> torch.Tensor:
+        """Training timesteps, uniform over 0 .. T-1 (long [batch])."""
+        return torch.randint(0, self.num_timesteps, (batch,), device=device).long()
+
     # ---- the forward process and conversions ------------------------------------------
     def diffuse(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Sample q(x_t | x_0) = N(sqrt(a_t) x0, (1 - a_t) I)."""
