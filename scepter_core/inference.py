@@ -32,18 +32,23 @@ def find_config(pretrained: str | None) -> Path:
     return SD15_RECIPE
 
 
-def _is_flux(path: str | None) -> bool:
-    from .convert.flux_folder import is_flux_folder
-    return bool(path) and Path(path).is_dir() and is_flux_folder(path)
-
-
-def flux_recipe(folder: str) -> Config:
-    """The recipe of a diffusers FLUX folder: its parts, and the pipeline's sampling defaults."""
-    from .convert.flux_folder import flux_model_block
-    block = flux_model_block(folder)
-    dev = block['DIFFUSION_MODEL']['GUIDANCE_EMBED']
-    args = {'SAMPLER': 'flow_euler', 'SAMPLE_STEPS': 28 if dev else 4, 'GUIDE_SCALE': 3.5 if dev else 0.0,
-            'IMAGE_SIZE': [1024, 1024], 'SEED': 2024}
+def flow_recipe(folder: str | None) -> Config | None:
+    """The recipe of a diffusers FLUX or SD3 folder (its parts, the pipeline's sampling
+    defaults), or None for anything else."""
+    from .convert.flux_folder import flux_model_block, is_flux_folder
+    from .convert.sd3_folder import is_sd3_folder, sd3_model_block
+    if not folder or not Path(folder).is_dir():
+        return None
+    if is_flux_folder(folder):
+        block = flux_model_block(folder)
+        dev = block['DIFFUSION_MODEL']['GUIDANCE_EMBED']
+        steps, scale = (28, 3.5) if dev else (4, 0.0)
+    elif is_sd3_folder(folder):
+        block, steps, scale = sd3_model_block(folder), 28, 7.0
+    else:
+        return None
+    args = {'SAMPLER': 'flow_euler', 'SAMPLE_STEPS': steps, 'GUIDE_SCALE': scale, 'IMAGE_SIZE': [1024, 1024],
+            'SEED': 2024}
     return Config({'SOLVER': {'NAME': 'LatentDiffusionSolver', 'MODEL': block, 'SAMPLE_ARGS': args}})
 
 
@@ -94,7 +99,7 @@ def build_model(pretrained_model: str | None, cfg_path: str | None = None, overr
     """The model of a recipe with whole-model weights loaded (a LoRA run: its base model and
     its adapters); returns (model, recipe). `blocks` replace the recipe's model blocks."""
     path = Path(cfg_path) if cfg_path else find_config(pretrained_model)
-    cfg = Config.load(path) if cfg_path or not _is_flux(pretrained_model) else flux_recipe(pretrained_model)
+    cfg = (None if cfg_path else flow_recipe(pretrained_model)) or Config.load(path)
     apply_overrides(cfg, overrides)
     import_user_code(list(imports) + list(cfg.get('IMPORTS') or []), base_dir=str(path))
     model_cfg = cfg.get_path('SOLVER.MODEL') or cfg.get('MODEL')

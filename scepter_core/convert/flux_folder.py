@@ -17,9 +17,32 @@ from .flux_map import flux_from_diffusers
 from .vae_map import vae_keymap
 
 
-def is_flux_folder(path: str | Path) -> bool:
+def pipeline_class(path: str | Path) -> str:
+    """The `_class_name` of a diffusers folder's model_index.json ('' when there is none)."""
     index = Path(path) / 'model_index.json'
-    return index.is_file() and str(_read_json(index).get('_class_name', '')).startswith('Flux')
+    return str(_read_json(index).get('_class_name', '')) if index.is_file() else ''
+
+
+def is_flux_folder(path: str | Path) -> bool:
+    return pipeline_class(path).startswith('Flux')
+
+
+def require_parts(folder: str | Path, family: str, parts: tuple[str, ...]) -> Path:
+    root = Path(folder)
+    for part in parts:
+        if not (root / part).is_dir():
+            raise CheckpointError(f"'{root}': a {family} folder needs {part}/ (missing)")
+    return root
+
+
+def flow_vae_block(config: Mapping, name: str = 'AutoencoderKL') -> dict:
+    """Our 16-channel VAE block for a diffusers AutoencoderKL config.json."""
+    return {**vae_cfg_from_diffusers(config), 'NAME': name, 'USE_CONV': bool(config.get('use_quant_conv', False))}
+
+
+def component_weights(root: Path, part: str, prefix: str, rename) -> dict[str, torch.Tensor]:
+    """One diffusers component's weights in our names, under `prefix`."""
+    return {f'{prefix}{k}': v for k, v in rename(_component_weights(root / part)).items()}
 
 
 def flux_backbone_cfg(config: Mapping) -> dict:
@@ -43,16 +66,13 @@ def flux_sampler_cfg(config: Mapping) -> dict:
 
 def flux_model_block(folder: str | Path, t5_length: int | None = None) -> dict:
     """A LatentDiffusionFlux block whose parts are read off a diffusers FLUX folder."""
-    root = Path(folder)
-    for part in ('transformer', 'vae', 'text_encoder', 'text_encoder_2', 'tokenizer', 'tokenizer_2'):
-        if not (root / part).is_dir():
-            raise CheckpointError(f"'{root}': a FLUX folder needs {part}/ (missing)")
+    root = require_parts(folder, 'FLUX', ('transformer', 'vae', 'text_encoder', 'text_encoder_2', 'tokenizer',
+                                          'tokenizer_2'))
     transformer = _read_json(root / 'transformer' / 'config.json')
     vae_config = _read_json(root / 'vae' / 'config.json')
     scheduler = root / 'scheduler' / 'scheduler_config.json'
-    vae = vae_cfg_from_diffusers(vae_config)
-    vae.update({'NAME': 'AutoencoderKLFlux', 'USE_CONV': bool(vae_config.get('use_quant_conv', False)),
-                'SCALE_FACTOR': vae_config.get('scaling_factor', 0.3611),
+    vae = flow_vae_block(vae_config, 'AutoencoderKLFlux')
+    vae.update({'SCALE_FACTOR': vae_config.get('scaling_factor', 0.3611),
                 'SHIFT_FACTOR': vae_config.get('shift_factor', 0.1159) or 0.0})
     # FLUX.1-dev's pipeline pads T5 prompts to 512 tokens, schnell's to 256
     length = t5_length or (512 if transformer.get('guidance_embeds') else 256)
@@ -78,10 +98,8 @@ def read_flux_weights(path: str | Path, vae_cfg: Mapping | None = None) -> dict[
     from a diffusers FLUX folder or BFL's single file (bare or `model.diffusion_model.` keys)."""
     root = Path(path)
     if root.is_dir():
-        sd = {f'model.{k}': v for k, v in flux_from_diffusers(_component_weights(root / 'transformer')).items()}
-        vae = vae_keymap(vae_cfg).to_ours(_component_weights(root / 'vae'))
-        sd.update({f'first_stage_model.{k}': v for k, v in vae.items()})
-        return sd
+        return {**component_weights(root, 'transformer', 'model.', flux_from_diffusers),
+                **component_weights(root, 'vae', 'first_stage_model.', vae_keymap(vae_cfg).to_ours)}
     raw = load_state_dict(root)
     if any(k.startswith('double_blocks.') for k in raw):
         return {f'model.{k}': v for k, v in raw.items()}

@@ -48,6 +48,31 @@ def load_tokenizer(cls_name: str, directory: str, where: str) -> Any:
     raise CheckpointError(f"'{where}': cannot load a tokenizer from '{directory}' ({'; '.join(errors)})")
 
 
+def load_text_encoder(model_cls: str, model_uri: str | None, tokenizer_cls: str, tokenizer_uri: str | None,
+                      dtype: torch.dtype, where: str, keys: tuple[str, str]) -> tuple[Any, Any]:
+    """(transformers model, tokenizer) from their directories; `keys` name the config keys
+    of the two paths in errors. The tokenizer defaults to the model's directory."""
+    import transformers
+    model_dir = _local(model_uri, f'{where}.{keys[0]}')
+    token_dir = _local(tokenizer_uri, f'{where}.{keys[1]}') if tokenizer_uri else model_dir
+    try:
+        with _quiet_transformers():
+            model = getattr(transformers, model_cls).from_pretrained(model_dir, torch_dtype=dtype)
+    except Exception as e:
+        raise CheckpointError(f"'{where}.{keys[0]}': cannot load a {model_cls} from '{model_dir}': "
+                              f'{type(e).__name__}: {e}') from e
+    return model, load_tokenizer(tokenizer_cls, token_dir, f'{where}.{keys[1]}')
+
+
+def tokenize(tokenizer: Any, texts: list[str], length: int) -> torch.Tensor:
+    """Token ids [B, length]: padded to `length` and truncated, as the reference pipelines do."""
+    return tokenizer(texts, padding='max_length', max_length=length, truncation=True, return_tensors='pt').input_ids
+
+
+def clean_text(text: str, mode: str) -> str:
+    return re.sub(r'\s+', ' ', text).strip() if mode == 'whitespace' else text
+
+
 @EMBEDDERS.register_class()
 class HFEmbedder(BaseEmbedder):
     """A transformers text encoder: prompts -> OUTPUT_KEY ([B, L, D] hidden states or [B, D] pooled)."""
@@ -71,18 +96,10 @@ class HFEmbedder(BaseEmbedder):
 
     def __init__(self, cfg: Config | dict | None = None, logger: logging.Logger | None = None):
         super().__init__(cfg, logger=logger)
-        import transformers
-        c, where = self.cfg, self.cfg.path or type(self).__name__
-        model_dir = _local(c.MODEL_PATH, f'{where}.MODEL_PATH')
-        token_dir = _local(c.TOKENIZER_PATH, f'{where}.TOKENIZER_PATH') if c.TOKENIZER_PATH else model_dir
-        try:
-            with _quiet_transformers():
-                self.hf_module = getattr(transformers, c.HF_MODEL_CLS).from_pretrained(
-                    model_dir, torch_dtype=DTYPES[c.D_TYPE])
-        except Exception as e:
-            raise CheckpointError(f"'{where}.MODEL_PATH': cannot load a {c.HF_MODEL_CLS} from '{model_dir}': "
-                                  f'{type(e).__name__}: {e}') from e
-        self.tokenizer = load_tokenizer(c.HF_TOKENIZER_CLS, token_dir, f'{where}.TOKENIZER_PATH')
+        c = self.cfg
+        self.hf_module, self.tokenizer = load_text_encoder(
+            c.HF_MODEL_CLS, c.MODEL_PATH, c.HF_TOKENIZER_CLS, c.TOKENIZER_PATH, DTYPES[c.D_TYPE],
+            c.path or type(self).__name__, ('MODEL_PATH', 'TOKENIZER_PATH'))
         if c.USE_GRAD_CHECKPOINT:  # transformers 5 renamed it; older releases have the first name only
             enable = getattr(self.hf_module, 'activation_checkpointing_enable', None) or \
                 getattr(self.hf_module, 'gradient_checkpointing_enable')
@@ -90,13 +107,9 @@ class HFEmbedder(BaseEmbedder):
         if c.FREEZE:
             self.freeze()
 
-    def clean(self, text: str) -> str:
-        return re.sub(r'\s+', ' ', text).strip() if self.cfg.CLEAN == 'whitespace' else text
-
     def tokenize(self, text: str | list[str]) -> torch.Tensor:
         texts = [text] if isinstance(text, str) else list(text)
-        return self.tokenizer([self.clean(t) for t in texts], padding='max_length', max_length=self.cfg.MAX_LENGTH,
-                              truncation=True, return_tensors='pt').input_ids
+        return tokenize(self.tokenizer, [clean_text(t, self.cfg.CLEAN) for t in texts], self.cfg.MAX_LENGTH)
 
     def encode_text(self, tokens: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         key = self.cfg.OUTPUT_KEY

@@ -1,2 +1,2 @@
 """Networks: complete trainable models (LatentDiffusion)."""
-from . import latent_diffusion, latent_diffusion_flux  # noqa: F401
+from . import latent_diffusion, latent_diffusion_flow  # noqa: F401
