@@ -99,9 +99,30 @@ def _tokenizer(root: Path, name: str) -> str | None:
     return str(root / name) if (root / name).is_dir() else None
 
 
+def flow_recipe(folder: str | os.PathLike) -> Config | None:
+    """The recipe of a diffusers FLUX or SD3 folder (its parts, the pipeline's sampling
+    defaults), or None for anything else."""
+    from .convert.flux_folder import flux_model_block, is_flux_folder
+    from .convert.sd3_folder import is_sd3_folder, sd3_model_block
+    if is_flux_folder(folder):
+        block = flux_model_block(folder)
+        dev = block['DIFFUSION_MODEL']['GUIDANCE_EMBED']
+        steps, scale = (28, 3.5) if dev else (4, 0.0)
+    elif is_sd3_folder(folder):
+        block, steps, scale = sd3_model_block(folder), 28, 7.0
+    else:
+        return None
+    args = {'SAMPLER': 'flow_euler', 'SAMPLE_STEPS': steps, 'GUIDE_SCALE': scale, 'IMAGE_SIZE': [1024, 1024],
+            'SEED': 2024}
+    return Config({'SOLVER': {'NAME': 'LatentDiffusionSolver', 'MODEL': block, 'SAMPLE_ARGS': args}})
+
+
 def folder_recipe(path: str | os.PathLike) -> Config:
     """The recipe that runs the diffusers folder `path` as diffusers' own pipeline would."""
     from .convert.configs import unet_cfg_from_diffusers, vae_cfg_from_diffusers
+    flow = flow_recipe(path)
+    if flow is not None:
+        return flow
     root = Path(path)
     configs = _folder_configs(root)
     family = family_of_folder(configs)

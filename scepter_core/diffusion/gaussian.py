@@ -17,7 +17,7 @@ from ..registry import DIFFUSIONS, NOISE_SCHEDULES
 from .denoiser import Denoiser, log_sigmas_of, sigma_to_t, t_to_sigma
 from .guidance import guided_model
 from .losses import LOSS_TYPES, elementwise_loss, min_snr_weight
-from .parameterization import PREDICTION_TYPES, convert, velocity
+from .parameterization import VP_PREDICTION_TYPES, convert, velocity
 from .sampling import SamplingMixin
 from .schedules import alphas_cumprod_to_betas, rescale_zero_terminal_snr
 
@@ -39,7 +39,7 @@ class GaussianDiffusion(SamplingMixin, BaseObject):
         'SCHEDULE': {'value': {'NAME': 'scaled_linear', 'BETA_MIN': 0.00085, 'BETA_MAX': 0.012}, 'type': dict,
                      'description': 'A NOISE_SCHEDULES block (linear, scaled_linear, cosine, logsnr_cosine_interp).'},
         'TIMESTEPS': {'value': 1000, 'description': 'Number of training timesteps T (t = 0 .. T-1).'},
-        'PREDICTION_TYPE': {'value': 'eps', 'choices': PREDICTION_TYPES,
+        'PREDICTION_TYPE': {'value': 'eps', 'choices': VP_PREDICTION_TYPES,
                             'description': 'What the network predicts: eps (noise), v (velocity) or x0.'},
         'ZERO_TERMINAL_SNR': {'value': False, 'description': 'Rescale the schedule so the last step is pure '
                                                              'noise (Lin et al. 2023); pair it with v prediction.'},
@@ -101,6 +101,10 @@ class GaussianDiffusion(SamplingMixin, BaseObject):
 
     def sigma_to_t(self, sigma: torch.Tensor | float) -> torch.Tensor:
         return sigma_to_t(torch.as_tensor(sigma).cpu(), self.log_sigmas)
+
+    def sample_t(self, batch: int, device: torch.device | str = 'cpu') -> torch.Tensor:
+        """Training timesteps, uniform over 0 .. T-1 (long [batch])."""
+        return torch.randint(0, self.num_timesteps, (batch,), device=device).long()
 
     # ---- the forward process and conversions ------------------------------------------
     def diffuse(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:

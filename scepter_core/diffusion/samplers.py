@@ -26,8 +26,14 @@ Callback = Callable[[dict], Any] | None
 
 
 def register_sampler(name: str, karras: bool = True, discrete_timesteps: bool = False,
-                     discard_penultimate_step: bool = False, aliases: tuple[str, ...] = ()) -> Callable:
+                     discard_penultimate_step: bool = False, aliases: tuple[str, ...] = (),
+                     spaces: tuple[str, ...] = ('vp',)) -> Callable:
     """Register a sampler function as `name` (and `name_karras` unless karras=False).
+
+    spaces: the forward processes whose sampler variable it integrates: 'vp' (x = x_t /
+    alpha_t, sigma = sqrt(1 - a_t) / sqrt(a_t)) and/or 'flow' (x = x_t = (1 - s) x0 + s eps,
+    sigma = s). ODE solvers of dx/dsigma = (x - x0) / sigma serve both: that is the
+    probability-flow ODE in either variable.
 
     discrete_timesteps: the sampler lives on the training timesteps' alphas grid, so a
     linspace discretization is rounded to integers. discard_penultimate_step: drop the
@@ -36,6 +42,7 @@ def register_sampler(name: str, karras: bool = True, discrete_timesteps: bool = 
     def deco(fn: Callable) -> Callable:
         fn.discrete_timesteps = discrete_timesteps
         fn.discard_penultimate_step = discard_penultimate_step
+        fn.spaces = spaces
         DIFFUSION_SAMPLERS.register_function(name, aliases=aliases)(fn)
         if karras:
             DIFFUSION_SAMPLERS.register_function(f'{name}_karras')(with_karras_sigmas(fn))
@@ -115,7 +122,7 @@ def run_steps(step: Callable, denoise, x, sigmas, eta=0.0, s_noise=1.0, generato
 
 
 # ---- samplers ------------------------------------------------------------------------
-@register_sampler('euler')
+@register_sampler('euler', aliases=('flow_euler',), spaces=('vp', 'flow'))
 def sample_euler(denoise, x, sigmas, generator=None, callback=None):
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 1 without churn)."""
     return run_steps(euler_step, denoise, x, sigmas, callback=callback)
@@ -141,7 +148,7 @@ def sample_ddpm(denoise, x, sigmas, generator=None, callback=None, sigmas_to=Non
     return run_steps(euler_step, denoise, x, sigmas, 1.0, 1.0, generator, callback, sigmas_to)
 
 
-@register_sampler('heun')
+@register_sampler('heun', aliases=('flow_heun',), spaces=('vp', 'flow'))
 def sample_heun(denoise, x, sigmas, generator=None, callback=None):
     """Heun's method (Karras et al. 2022, Alg. 1); Euler for the last step to sigma = 0."""
     return run_steps(heun_step, denoise, x, sigmas, callback=callback)

@@ -44,7 +44,32 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 
 class SamplingMixin:
-    """Needs `num_timesteps`, `t_to_sigma(t)`, `denoiser(...)` and `logger` from its host."""
+    """Needs `num_timesteps`, `t_to_sigma(t)`, `denoiser(...)` and `logger` from its host.
+
+    The sampler variable is k-diffusion's `x = x_t / alpha_t` (SPACE 'vp'); a host with
+    another forward process overrides `SPACE`, `sampler_sigmas`, `start_state`,
+    `noised_state` and `model_input` (see flow.py)."""
+
+    SPACE = 'vp'
+
+    def sampler_sigmas(self, steps: int | Sequence[float], discretization: str | None, t_max: float | None,
+                       t_min: float | None, discard_penultimate_step: bool, integer: bool,
+                       shape: torch.Size) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(visited timesteps, their sigmas then 0) for a sample of `shape`."""
+        ts = self.timestep_grid(steps, discretization, t_max, t_min, discard_penultimate_step, integer)
+        return ts, torch.cat([self.t_to_sigma(ts), torch.zeros(1, dtype=torch.float64)])
+
+    def start_state(self, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The sampler's x at sigma for unit noise (pure noise: x_t = noise at alpha ~ 0)."""
+        return noise * math.sqrt(1.0 + sigma ** 2)
+
+    def noised_state(self, x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+        """img2img: a clean sample noised to sigma, in the sampler's variable."""
+        return x0.to(noise.dtype) + noise * sigma
+
+    def model_input(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The model's x_t for the sampler's x at sigma."""
+        return x / math.sqrt(1.0 + sigma ** 2)
 
     def timestep_grid(self, steps: int | Sequence[float], discretization: str | None = None,
                       t_max: float | None = None, t_min: float | None = None,
@@ -102,17 +127,21 @@ class SamplingMixin:
         name = solver if isinstance(solver, str) else getattr(solver, '__name__', 'custom')
         if discard_penultimate_step is None:
             discard_penultimate_step = getattr(fn, 'discard_penultimate_step', False)
-        ts = self.timestep_grid(steps, discretization, t_max, t_min, discard_penultimate_step,
-                                getattr(fn, 'discrete_timesteps', False))
-        sigmas = torch.cat([self.t_to_sigma(ts), torch.zeros(1, dtype=torch.float64)])
+        if self.SPACE not in getattr(fn, 'spaces', ('vp',)):
+            raise ConfigError(f'sampler {name!r} does not work on {self.SPACE} diffusion; use one of '
+                              f'{", ".join(_samplers_for(self.SPACE))}')
+        ref = noise if noise is not None else x
+        ts, sigmas = self.sampler_sigmas(steps, discretization, t_max, t_min, discard_penultimate_step,
+                                         getattr(fn, 'discrete_timesteps', False),
+                                         ref.shape if ref is not None else torch.Size())
         start = strength_start(len(sigmas), denoising_strength) if x is not None else 0
         sigmas = sigmas[start:]
         if prev_timestep == 'strided':
-            if 'sigmas_to' not in inspect.signature(fn).parameters:
+            if ts is None or 'sigmas_to' not in inspect.signature(fn).parameters:
                 raise ConfigError(f"prev_timestep 'strided': sampler {name!r} only steps to the next timestep "
                                   f'(ddim and ddpm take strided steps)')
             kwargs['sigmas_to'] = self.strided_sigmas(ts)[start:]
-        x_init, generator = _initial_state(noise, x, start > 0, float(sigmas[0]), seed)
+        x_init, generator = self._initial_state(noise, x, start > 0, float(sigmas[0]), seed)
         constant_weights = getattr(model, 'constant_weights', contextlib.nullcontext)
         model = maybe_graphed(model, cuda_graph and condition_fn is None, x_init.device, self.logger)
         denoise = constrain_x0(self.denoiser(model, model_kwargs, guide_scale, guide_rescale),
@@ -122,7 +151,8 @@ class SamplingMixin:
         grad_mode = torch.no_grad() if condition_fn is not None else torch.inference_mode()
         with grad_mode, progress_bar(len(sigmas) - 1, f'sampling ({name})',
                                      show_progress and we.is_main) as advance:
-            on_step = _step_recorder(advance, return_intermediate, intermediate_callback, intermediates)
+            on_step = _step_recorder(advance, return_intermediate, intermediate_callback, intermediates,
+                                     self.model_input)
             options, ignored = _accepted(fn, {'generator': generator, 'callback': on_step, **kwargs})
             if ignored:
                 self.logger.warning(f'sample: solver {name!r} takes no option(s) {", ".join(ignored)}; ignored')
@@ -130,31 +160,35 @@ class SamplingMixin:
                 out = fn(denoise, x_init, sigmas, **options)
         return (out, intermediates) if return_intermediate is not None else out
 
+    def _initial_state(self, noise: torch.Tensor | None, x: torch.Tensor | None, img2img: bool, sigma: float,
+                       seed: int | None) -> tuple[torch.Tensor, torch.Generator]:
+        """The sampler's starting point and the seeded generator: pure noise, or the clean
+        latent x noised to `sigma` for img2img."""
+        ref = noise if noise is not None else x
+        if ref is None:
+            raise ConfigError('sample: pass noise (txt2img) or x (img2img)')
+        generator = _generator(seed, ref.device)
+        if noise is None:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if img2img:
+            return self.noised_state(x, noise, sigma), generator
+        return self.start_state(noise, sigma), generator
 
-def _initial_state(noise: torch.Tensor | None, x: torch.Tensor | None, img2img: bool, sigma: float,
-                   seed: int | None) -> tuple[torch.Tensor, torch.Generator]:
-    """The sampler's starting point on the k-diffusion scale (x0 + sigma * eps) and the
-    seeded generator: pure noise, or the clean latent x noised to `sigma` for img2img."""
-    ref = noise if noise is not None else x
-    if ref is None:
-        raise ConfigError('sample: pass noise (txt2img) or x (img2img)')
-    generator = _generator(seed, ref.device)
-    if noise is None:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    if img2img:
-        return x.to(noise.dtype) + noise * sigma, generator
-    return noise * math.sqrt(1.0 + sigma ** 2), generator
+
+def _samplers_for(space: str) -> list[str]:
+    names = DIFFUSION_SAMPLERS.names() + sorted(DIFFUSION_SAMPLERS.aliases())
+    return [n for n in names if space in getattr(DIFFUSION_SAMPLERS.get(n), 'spaces', ('vp',))]
 
 
 def _step_recorder(advance: Callable[[], None], mode: str | None, callback: Callable | None,
-                   store: list) -> Callable[[dict], None]:
+                   store: list, model_input: Callable) -> Callable[[dict], None]:
     """The per-step sampler callback: advances the progress bar and records x0 or x_t."""
     def on_step(info: dict) -> None:
         advance()
         if mode is None and callback is None:
             return
-        if mode == 'xt':  # back from k-diffusion scale to the model's x_t
-            value = info['x'] / math.sqrt(1.0 + float(info['sigma']) ** 2)
+        if mode == 'xt':  # back from the sampler's variable to the model's x_t
+            value = model_input(info['x'], float(info['sigma']))
         else:
             value = info['denoised']
         if mode is not None:

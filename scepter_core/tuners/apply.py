@@ -57,7 +57,10 @@ def base_model_hash(model: nn.Module) -> str:
             continue
         h.update(key.replace('.base_layer.', '.').encode())
         h.update(str(tuple(t.shape)).encode())
-        flat = t.detach().reshape(-1)
+        t = t.detach()
+        if type(t) is not torch.Tensor and hasattr(t, 'dequantize'):  # a quantized base (torchao)
+            t = t.dequantize()
+        flat = t.reshape(-1)
         sample = flat[::max(1, flat.numel() // 1024)][:1024]
         h.update(sample.to('cpu', torch.float32).numpy().tobytes())
     return h.hexdigest()[:16]

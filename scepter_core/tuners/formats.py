@@ -23,6 +23,8 @@ from .apply import model_lora_state, record_of
 from .state import LoraState, ModuleLora, block_for, flatten, group
 
 UNET, TEXT = 'model.', 'cond_stage_model.transformer.'
+OWN_NAMED = ('Flux', 'MMDiT')
+COMFY = 'diffusion_model.'
 COMPONENTS = (UNET, 'cond_stage_model.')   # one adapter per component on import
 DIFFUSERS_METADATA = 'lora_adapter_metadata'
 
@@ -58,8 +60,20 @@ def diffusers_names(model: nn.Module) -> dict[str, str]:
     return out
 
 
+def own_named_backbone(model: nn.Module) -> nn.Module | None:
+    """The backbone when its module names are those of the original single file (FLUX's
+    BFL names, SD3's Stability names): kohya and ComfyUI LoRA files use them as they are."""
+    from ..registry import BACKBONES
+    backbone = getattr(model, 'model', None)
+    return backbone if BACKBONES.name_of(type(backbone)) in OWN_NAMED else None
+
+
 def kohya_names(model: nn.Module) -> dict[str, str]:
-    """Our module name -> kohya name (`lora_unet_down_blocks_0_...`, `lora_te_text_model_...`)."""
+    """Our module name -> kohya name (`lora_unet_down_blocks_0_...`, `lora_te_text_model_...`;
+    FLUX / SD3: `lora_unet_double_blocks_0_img_attn_qkv`, the original names)."""
+    backbone = own_named_backbone(model)
+    if backbone is not None:
+        return {UNET + n: 'lora_unet_' + n.replace('.', '_') for n in _adaptable(backbone)}
     out = {}
     for ours, theirs in diffusers_names(model).items():
         component, rest = theirs.split('.', 1)
@@ -108,10 +122,34 @@ def export_kohya(model: nn.Module, path: str | Path, source: LoraState | None = 
     return Path(path)
 
 
+def export_comfy(model: nn.Module, path: str | Path, source: LoraState | None = None) -> Path:
+    """Write a FLUX / SD3 model's adapters in ComfyUI's layout: `diffusion_model.<original
+    name>.lora_down.weight` / `.lora_up.weight` / `.alpha`."""
+    if own_named_backbone(model) is None:
+        raise CheckpointError('the ComfyUI diffusion_model.* layout is written for FLUX / SD3 models; '
+                              'write SD LoRAs as kohya')
+    flat = _flat_lora(model, source)
+    sd: dict[str, torch.Tensor] = {}
+    for module, e in flat.items():
+        if not module.startswith(UNET):
+            raise CheckpointError(f"'{module}': the ComfyUI layout holds the transformer's adapters only")
+        k = COMFY + module[len(UNET):]
+        sd.update({f'{k}.lora_down.weight': e.down, f'{k}.lora_up.weight': e.up,
+                   f'{k}.alpha': torch.tensor(e.alpha, dtype=torch.float32)})
+    save_state_dict(sd, path, metadata={'scepter_base_hash': record_of(model).base_hash})
+    return Path(path)
+
+
 def import_kohya(path: str | Path, model: nn.Module) -> LoraState:
-    """A kohya / A1111 LoRA file -> LoraState in our names (a missing alpha means alpha = rank)."""
+    """A kohya / A1111 LoRA file (or ComfyUI's `diffusion_model.*` layout, read the same
+    way) -> LoraState in our names (a missing alpha means alpha = rank)."""
     sd = load_state_dict(path)
+    sd = {k.replace('.lora_A.weight', '.lora_down.weight').replace('.lora_B.weight', '.lora_up.weight'): v
+          for k, v in sd.items()}
     lookup = {**_ldm_kohya_names(model), **{k: o for o, k in kohya_names(model).items()}}
+    backbone = own_named_backbone(model)
+    if backbone is not None:
+        lookup.update({COMFY + n: UNET + n for n in _adaptable(backbone)})
     flat: dict[str, ModuleLora] = {}
     used: set[str] = set()
     for key, down in sd.items():

@@ -40,6 +40,8 @@ class AutoencoderKL(TrainModule):
         'REC_LOSS': {'value': 'l1', 'choices': ('l1', 'l2'), 'description': 'Reconstruction loss.'},
         'TILE_SIZE': {'value': None, 'type': int, 'description':
                       'Decode latents larger than this (in latent pixels) in overlapping tiles; null = whole.'},
+        'USE_CONV': {'value': True, 'description': 'quant_conv / post_quant_conv 1x1 layers (SD1/2/XL have them; '
+                                                   "the 16-channel FLUX / SD3 VAE does not)."},
     }
 
     def __init__(self, cfg: Config | dict | None = None, logger: logging.Logger | None = None):
@@ -50,8 +52,11 @@ class AutoencoderKL(TrainModule):
             self.encoder = BACKBONES.build(c.ENCODER, logger=self.logger)
             self.decoder = BACKBONES.build(c.DECODER, logger=self.logger)
             z = self.encoder.cfg.Z_CHANNELS
-            self.quant_conv = Conv2d(2 * z, 2 * c.EMBED_DIM, 1)
-            self.post_quant_conv = Conv2d(c.EMBED_DIM, self.decoder.cfg.Z_CHANNELS, 1)
+            if c.USE_CONV:
+                self.quant_conv = Conv2d(2 * z, 2 * c.EMBED_DIM, 1)
+                self.post_quant_conv = Conv2d(c.EMBED_DIM, self.decoder.cfg.Z_CHANNELS, 1)
+            else:
+                self.quant_conv, self.post_quant_conv = nn.Identity(), nn.Identity()
         self.downscale = 2 ** (len(self.decoder.cfg.CH_MULT) - 1)
         if c.PRETRAINED_MODEL:
             self.load_pretrained_model(c.PRETRAINED_MODEL)
@@ -132,6 +137,25 @@ class AutoencoderKL(TrainModule):
         z = self.encode_posterior(image).mode()
         rec = ((self.decode(z).float() + 1.0) / 2.0).clamp(0.0, 1.0)
         return [{'image': r, 'latent': zi} for r, zi in zip(rec, z)]
+
+
+@MODELS.register_class()
+class AutoencoderKLFlux(AutoencoderKL):
+    """The 16-channel VAE of FLUX.1 and SD3 (83,819,683 parameters): no quant convs, and a
+    latent shift besides the scale; the diffusion sees (z - SHIFT_FACTOR) * SCALE_FACTOR."""
+
+    para_dict = {
+        'EMBED_DIM': {'value': 16, 'description': 'Latent channels.'},
+        'USE_CONV': {'value': False, 'description': 'quant_conv / post_quant_conv (absent in this VAE).'},
+        'SCALE_FACTOR': {'value': 0.3611, 'description': 'Latent scale (FLUX 0.3611, SD3 1.5305).'},
+        'SHIFT_FACTOR': {'value': 0.1159, 'description': 'Latent shift (FLUX 0.1159, SD3 0.0609).'},
+    }
+
+    def to_diffusion(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.cfg.SHIFT_FACTOR) * self.cfg.SCALE_FACTOR
+
+    def from_diffusion(self, z: torch.Tensor) -> torch.Tensor:
+        return z / self.cfg.SCALE_FACTOR + self.cfg.SHIFT_FACTOR
 
 
 def _cross_fade(prev: torch.Tensor, tile: torch.Tensor, width: int, dim: int) -> torch.Tensor:

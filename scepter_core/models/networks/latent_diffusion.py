@@ -36,6 +36,8 @@ class LatentDiffusion(TrainModule):
         'IGNORE_KEYS': {'value': [], 'description': 'Key prefixes/regexes not to load from PRETRAINED_MODEL.'},
         'SCALE_FACTOR': {'value': 0.18215, 'type': float,
                          'description': 'Latent scale; null estimates 1/std from the first training batch.'},
+        'SHIFT_FACTOR': {'value': 0.0, 'type': float,
+                         'description': 'Latent shift: the diffusion sees (z - SHIFT_FACTOR) * SCALE_FACTOR (SD3: 0.0609).'},
         'SIZE_FACTOR': {'value': 8, 'description': 'Pixels per latent cell.'},
         'IMAGE_SIZE': {'value': [512, 512], 'description': 'Default [height, width] for sampling.'},
         'DEFAULT_N_PROMPT': {'value': '', 'type': str, 'description': 'Negative prompt used at test time when none is given.'},
@@ -71,11 +73,7 @@ class LatentDiffusion(TrainModule):
         self.tokenizer = TOKENIZERS.build(cfg.TOKENIZER, logger=self.logger) if cfg.TOKENIZER else \
             getattr(self.cond_stage_model, 'tokenizer', None)
         self.loss = LOSSES.build(cfg.LOSS, logger=self.logger) if cfg.LOSS else None
-        diffusion = Config(cfg.DIFFUSION.to_dict())
-        diffusion.update({'SCHEDULE': cfg.SCHEDULE_ARGS.to_dict(), 'TIMESTEPS': cfg.TIMESTEPS,
-                          'PREDICTION_TYPE': cfg.PARAMETERIZATION, 'ZERO_TERMINAL_SNR': cfg.ZERO_TERMINAL_SNR,
-                          'MIN_SNR_GAMMA': cfg.MIN_SNR_GAMMA, 'NOISE_OFFSET': cfg.NOISE_OFFSET})
-        self.diffusion = DIFFUSIONS.build(diffusion, logger=self.logger)
+        self.diffusion = DIFFUSIONS.build(self.diffusion_config(), logger=self.logger)
         self.num_timesteps = cfg.TIMESTEPS
         self.p_zero = cfg.P_ZERO
         self.train_n_prompt = cfg.TRAIN_N_PROMPT or ''  # Scepter's recipes leave these null
@@ -83,11 +81,26 @@ class LatentDiffusion(TrainModule):
         self.size_factor = cfg.SIZE_FACTOR
         # Saved with the weights so a checkpoint carries the scale it was trained with.
         self.register_buffer('scale_factor', torch.tensor(cfg.SCALE_FACTOR if cfg.SCALE_FACTOR else 0.0))
+        self.shift_factor = float(cfg.SHIFT_FACTOR or 0.0)
         self.model_ema = None
         if cfg.USE_EMA:
             self.model_ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         if cfg.PRETRAINED_MODEL:
             self.load_pretrained_model(cfg.PRETRAINED_MODEL)
+
+    def diffusion_config(self) -> Config:
+        """The DIFFUSION block, with the schedule keys this network declares for it."""
+        cfg = self.cfg
+        diffusion = Config(cfg.DIFFUSION.to_dict())
+        diffusion.update({'SCHEDULE': cfg.SCHEDULE_ARGS.to_dict(), 'TIMESTEPS': cfg.TIMESTEPS,
+                          'PREDICTION_TYPE': cfg.PARAMETERIZATION, 'ZERO_TERMINAL_SNR': cfg.ZERO_TERMINAL_SNR,
+                          'MIN_SNR_GAMMA': cfg.MIN_SNR_GAMMA, 'NOISE_OFFSET': cfg.NOISE_OFFSET})
+        return diffusion
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the noise a sample starts from."""
+        return self.cfg.DIFFUSION_MODEL.IN_CHANNELS
 
     # ---- weights -----------------------------------------------------------------
     def load_pretrained_model(self, path: str, use_ema: bool = False) -> LoadReport:
@@ -131,6 +144,7 @@ class LatentDiffusion(TrainModule):
                 std /= we.world_size
             self.scale_factor.fill_(1.0 / max(float(std), 1e-6))
             self.logger.info(f'SCALE_FACTOR estimated from the first batch: {float(self.scale_factor):.5f}')
+        z = z - self.shift_factor if self.shift_factor else z
         return z * self.scale_factor.to(z.dtype)
 
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
@@ -140,13 +154,16 @@ class LatentDiffusion(TrainModule):
                 self.logger.warning('SCALE_FACTOR was never estimated (no training batch seen): decoding with 1.0')
                 self._warned_scale = True
             scale = torch.ones_like(scale)
-        return self.first_stage_model.decode(z / scale.to(z.dtype))
+        z = z / scale.to(z.dtype)
+        return self.first_stage_model.decode(z + self.shift_factor if self.shift_factor else z)
 
     def encode_condition(self, tokens: torch.Tensor, method: str = 'encode_text') -> torch.Tensor:
         return getattr(self.cond_stage_model, method)(tokens)
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor | dict[str, torch.Tensor]:
         def encode(texts: list[str]) -> torch.Tensor:
+            if self.tokenizer is None:  # the embedder tokenizes itself (HFEmbedder, T5PlusClipFluxEmbedder)
+                return self.cond_stage_model.encode(texts)
             return self.encode_condition(self.tokenizer(texts).to(we.device_id))
         if self.latent_cache is not None:  # SOLVER.CACHE_LATENTS: memoised while the text encoder is frozen
             return self.latent_cache.encode_texts(self.cond_stage_model, prompts, encode)
@@ -174,7 +191,7 @@ class LatentDiffusion(TrainModule):
         return {'cond': cond}
 
     def noise_sample(self, batch: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
-        c = self.cfg.DIFFUSION_MODEL.IN_CHANNELS
+        c = self.latent_channels
         dev = next(self.model.parameters()).device
         return torch.randn(batch, c, h, w, generator=generator, device=generator.device).to(dev)
 
@@ -182,7 +199,7 @@ class LatentDiffusion(TrainModule):
     def forward_train(self, image: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                       prompt: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         x_start = self.encode_first_stage(image, **kwargs)
-        t = torch.randint(0, self.num_timesteps, (x_start.shape[0],), device=x_start.device).long()
+        t = self.diffusion.sample_t(x_start.shape[0], x_start.device)
         context = {}
         if prompt and self.cond_stage_model is not None:
             prompt = [self.train_n_prompt if random.random() < self.p_zero else p for p in prompt]
@@ -192,6 +209,12 @@ class LatentDiffusion(TrainModule):
         return {'loss': loss.mean(), 'probe_data': {'prompt': prompt}}
 
     # ---- sampling ----------------------------------------------------------------------
+    def guidance_inputs(self, prompt: list[str], n_prompt: list[str], inputs: dict[str, Any],
+                        size: tuple[int, int], guide_scale: float | None) -> tuple[list[dict] | dict, float | None]:
+        """(model_kwargs, classifier-free guidance scale) for the sampler: [cond, uncond]."""
+        return [self.model_inputs(self.condition(prompt, inputs, size)),
+                self.model_inputs(self.unconditional(n_prompt, inputs, size))], guide_scale
+
     @torch.no_grad()
     @weights_constant
     def forward_test(self, prompt: list[str] | None = None, n_prompt: list[str] | None = None,
@@ -213,13 +236,11 @@ class LatentDiffusion(TrainModule):
         g = torch.Generator(device=dev).manual_seed(seed)
         h, w = (image_size, image_size) if isinstance(image_size, int) else (image_size or self.cfg.IMAGE_SIZE)
         inputs = {k: kwargs.pop(k) for k in self.condition_keys() if k in kwargs}
-        context = self.condition(prompt, inputs, (h, w))
-        null_context = self.unconditional(n_prompt, inputs, (h, w))
+        model_kwargs, guide_scale = self.guidance_inputs(prompt, n_prompt, inputs, (h, w), guide_scale)
         noise = self.noise_sample(len(prompt), h // self.size_factor, w // self.size_factor, g)
         use_ema = self.model_ema is not None if use_ema is None else use_ema
         net = self.model_ema if use_ema and self.model_ema is not None else self.model
-        samples = self.diffusion.sample(solver=sampler, noise=noise, model=net,
-                                        model_kwargs=[self.model_inputs(context), self.model_inputs(null_context)],
+        samples = self.diffusion.sample(solver=sampler, noise=noise, model=net, model_kwargs=model_kwargs,
                                         steps=sample_steps, guide_scale=guide_scale, guide_rescale=guide_rescale,
                                         discretization=discretization, show_progress=show_progress, seed=seed,
                                         **kwargs)
