@@ -18,6 +18,19 @@ COMPONENTS = {'model.diffusion_model.': 'UNet', 'model_ema.': 'UNet (EMA)', 'mod
 DIFFUSERS_PARTS = ('unet', 'vae', 'text_encoder')
 
 
+# the cross-attention context width tells the Stable Diffusion generations apart
+FAMILIES = {768: 'Stable Diffusion 1.x', 1024: 'Stable Diffusion 2.x', 2048: 'Stable Diffusion XL'}
+
+
+def family(shapes: dict[str, tuple[list[int], str]]) -> str:
+    """The model family, from the width of the UNet's cross-attention keys."""
+    context = next((shape[1] for key, (shape, _) in shapes.items()
+                    if key.endswith(('attn2.to_k.weight', 'attn2.to_k.base_layer.weight')) and len(shape) == 2), None)
+    if context is None:
+        return 'LoRA adapters or a part of a model (no UNet cross-attention)'
+    return FAMILIES.get(context, f'latent diffusion, text context width {context}')
+
+
 def _component(key: str) -> str:
     return next((name for prefix, name in COMPONENTS.items() if key.startswith(prefix)), 'other')
 
@@ -49,8 +62,11 @@ def inspect_checkpoint(path: Path) -> dict:
     fmt = f'LoRA ({lora})' if lora else detect_format(path if step is None else weights)
     counts: dict[str, int] = defaultdict(int)
     dtypes: dict[str, Counter] = defaultdict(Counter)
+    every: dict[str, tuple[list[int], str]] = {}
     for part, file in parts:
-        for key, (shape, dtype) in _shapes(file).items():
+        shapes = _shapes(file)
+        every.update(shapes)
+        for key, (shape, dtype) in shapes.items():
             name = {'unet': 'UNet', 'vae': 'autoencoder', 'text_encoder': 'text encoder'}.get(part) or _component(key)
             n = 1
             for s in shape:
@@ -59,7 +75,7 @@ def inspect_checkpoint(path: Path) -> dict:
             dtypes[name][dtype] += n
     meta = read_safetensors_header(weights)[0].get('__metadata__', {}) if str(weights).endswith(
         SAFETENSORS_SUFFIXES) else {}
-    return {'format': fmt, 'files': [str(f) for _, f in parts],
+    return {'format': fmt, 'family': family(every), 'files': [str(f) for _, f in parts],
             'components': {k: {'parameters': v, 'dtype': dtypes[k].most_common(1)[0][0]} for k, v in counts.items()},
             'parameters': sum(counts.values()),
             'metadata': {k: v for k, v in meta.items() if len(str(v)) < 300}}

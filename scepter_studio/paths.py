@@ -88,8 +88,8 @@ def find_models(roots: Roots) -> tuple[list[str], list[str]]:
 
 
 def find_recipes(roots: Roots, extra: Iterable[Path] = ()) -> list[str]:
-    """Recipe files under the roots (YAML with a SOLVER block) and `extra` ones (the examples)."""
-    found = [str(p) for p in extra]
+    """Recipe files under the roots (YAML with a SOLVER block), then `extra` ones (the examples)."""
+    found = []
     for here, _, files in roots.walk():
         for name in files:
             if name.endswith(RECIPE_SUFFIXES) and name != 'config.yaml':
@@ -99,4 +99,4 @@ def find_recipes(roots: Roots, extra: Iterable[Path] = ()) -> list[str]:
                     continue
                 if '\nSOLVER:' in '\n' + head:
                     found.append(roots.relative(here / name))
-    return found
+    return found + [str(p) for p in extra]

@@ -39,8 +39,9 @@ def build(studio: Studio, demo: Any) -> None:
     with gr.Row():
         sampler = gr.Dropdown(_samplers(), value=RECIPE, label='Sampler', elem_id='gen_sampler')
         steps = gr.Number(0, label='Steps (0: the recipe\'s)', precision=0, minimum=0, maximum=1000, elem_id='gen_steps')
-        guidance = gr.Number(None, label='Guidance (empty: the recipe\'s)', elem_id='gen_guidance')
-        rescale = gr.Number(None, label='Guidance rescale', minimum=0, maximum=1, elem_id='gen_rescale')
+        guidance = gr.Number(0, label='Guidance (0: the recipe\'s)', minimum=0, elem_id='gen_guidance')
+        rescale = gr.Number(-1, label='Guidance rescale (-1: the recipe\'s)', minimum=-1, maximum=1,
+                            elem_id='gen_rescale')
     with gr.Row():
         seed = gr.Number(-1, label='Seed (-1: random)', precision=0, elem_id='gen_seed')
         height = gr.Number(0, label='Height (0: the recipe\'s)', precision=0, minimum=0, step=8, elem_id='gen_height')
@@ -48,7 +49,8 @@ def build(studio: Studio, demo: Any) -> None:
         batch = gr.Slider(1, 16, value=1, step=1, label='Batch', elem_id='gen_batch')
     gr.Markdown('txt2img only: the core has no image-to-image entry point yet (forward_test takes prompts).')
     run = gr.Button('Generate', variant='primary', elem_id='gen_run')
-    gallery = gr.Gallery(label='Images', columns=4, height=360, elem_id='gen_gallery', format='png')
+    gallery = gr.Gallery(label='Images', columns=6, height=280, elem_id='gen_gallery', format='png', preview=False,
+                         object_fit='contain')
     params = gr.Textbox(label='Parameters (saved in each PNG)', lines=3, elem_id='gen_params', interactive=False)
     history = gr.Gallery(label='History', columns=8, height=240, elem_id='gen_history', format='png')
 
@@ -58,7 +60,8 @@ def build(studio: Studio, demo: Any) -> None:
         req = Request(model=model_ or '', prompt=prompt_ or '', n_prompt=n_prompt_ or '',
                       loras=[line.strip() for line in (loras_ or '').splitlines() if line.strip()],
                       sampler=None if sampler_ in (None, RECIPE) else sampler_, steps=int(steps_ or 0) or None,
-                      guide_scale=guidance_, guide_rescale=rescale_, seed=int(-1 if seed_ is None else seed_),
+                      guide_scale=guidance_ or None, guide_rescale=None if rescale_ is None or rescale_ < 0 else rescale_,
+                      seed=int(-1 if seed_ is None else seed_),
                       height=int(height_ or 0) or None, width=int(width_ or 0) or None, batch=int(batch_))
         progress(0, desc='loading the model')
         paths = studio.generator.generate(req, lambda done, total: progress((done, total), desc='sampling',

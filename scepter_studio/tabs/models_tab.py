@@ -9,7 +9,8 @@ from ..paths import find_models
 
 
 def _table(info: dict) -> str:
-    rows = [f"**format**: {info['format']}  \n**parameters**: {info['parameters']:,}", '',
+    rows = [f"**format**: {info['format']}  \n**family**: {info['family']}  \n"
+            f"**parameters**: {info['parameters']:,}", '',
             '| component | parameters | dtype |', '|---|---:|---|']
     rows += [f"| {k} | {v['parameters']:,} | {v['dtype']} |" for k, v in info['components'].items()]
     if info['metadata']:

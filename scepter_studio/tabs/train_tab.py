@@ -56,7 +56,7 @@ def build(studio: Studio, demo: Any, refresh_s: float) -> None:
         name = gr.Textbox(label='Run name', value=f'run-{time.strftime("%m%d-%H%M%S")}', elem_id='train_name', scale=1)
     with gr.Row():
         steps = gr.Number(0, label='Steps (0: the recipe\'s)', precision=0, minimum=0, elem_id='train_steps')
-        lr = gr.Number(None, label='Learning rate (empty: the recipe\'s)', elem_id='train_lr')
+        lr = gr.Number(0, label='Learning rate (0: the recipe\'s)', minimum=0, elem_id='train_lr')
         lora_rank = gr.Number(0, label='LoRA rank (0: full fine-tuning or the recipe\'s tuner)', precision=0,
                               minimum=0, elem_id='train_lora_rank')
     with gr.Row():
