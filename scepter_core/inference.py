@@ -151,8 +151,7 @@ def sample_images(model: torch.nn.Module, cfg: Config, prompts: list[str], n_pro
     from .solvers.latent_diffusion import sample_kwargs
     args = dict(cfg.get_path('SOLVER.SAMPLE_ARGS') or {})
     args.update({k: v for k, v in (sample_overrides or {}).items() if v is not None})
-    if args.get('SEED') is None:  # forward_test's own default, recorded
-        args['SEED'] = inspect.signature(model.forward_test).parameters['seed'].default
+    _fill_defaults(model, args)
     if int(args['SEED']) < 0:
         args['SEED'] = random.randint(0, 2 ** 32 - 1)
     kwargs = sample_kwargs(args)
@@ -162,6 +161,18 @@ def sample_images(model: torch.nn.Module, cfg: Config, prompts: list[str], n_pro
     with torch.inference_mode(), device_autocast(we.device, _dtype(solver), enabled=_amp(solver)):
         outs = model.forward_test(prompt=list(prompts), show_progress=True, **kwargs, **extra)
     return outs, args
+
+
+def _fill_defaults(model: torch.nn.Module, args: dict[str, Any]) -> None:
+    """Settings the recipe leaves out take forward_test's own defaults, filled in here so that
+    what is recorded (png_parameters) is what was used."""
+    from .solvers.latent_diffusion import SAMPLE_KEYS
+    params = inspect.signature(model.forward_test).parameters
+    for key in ('SAMPLER', 'SAMPLE_STEPS', 'SEED', 'GUIDE_SCALE', 'GUIDE_RESCALE', 'DISCRETIZATION'):
+        if args.get(key) is None and SAMPLE_KEYS[key] in params:
+            args[key] = params[SAMPLE_KEYS[key]].default
+    if args.get('IMAGE_SIZE') is None and getattr(model, 'cfg', None) is not None:
+        args['IMAGE_SIZE'] = model.cfg.get('IMAGE_SIZE')
 
 
 def png_parameters(prompt: str, n_prompt: str | None, args: dict[str, Any], model: str | None,

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from scepter_core.checkpoint import checkpoint_step
+from scepter_core.inference import build_model
 from scepter_core.utils.images import read_parameters
 
 from .conftest import SHOTS
@@ -76,21 +78,36 @@ def test_generate_shows_the_image_and_saves_its_parameters(page, served):
     _shot(page, 'generate')
 
 
-def test_training_run_shows_loss_curve_and_probe_grid(page, served):
+def test_training_run_shows_loss_and_probes_stops_loadable_and_resumes(page, served):
+    runs = served.studio.runs
     _tab(page, 'train')
     _wait(page, '#train_recipe input')
     assert _value(page, '#train_recipe input') == 'recipes/tiny.yaml'
     _type(page, '#train_name textarea', 'browser-run')
-    _type(page, '#train_steps input', '6')
+    _type(page, '#train_steps input', '100000')  # runs until stopped
     _wait(page, '#train_start')[0].click()
     _wait(page, '#train_loss img')
-    _wait(page, '#train_probes img')
-    run = _until(lambda: (lambda r: r if r.state != 'running' else None)(served.studio.runs.get('browser-run')),
-                 what='the run to end')
-    assert run.state == 'finished', served.studio.runs.log_tail('browser-run')
-    _until(lambda: 'finished' in _wait(page, '#train_runs')[0].text, what="'finished' in the runs table")
-    assert len(served.studio.runs.loss_points('browser-run')) == 6
+    _wait(page, '#train_probes img')  # the probe grid of step 4
+    assert runs.get('browser-run').state == 'running'
+    _until(lambda: 'running' in _wait(page, '#train_runs')[0].text, what="'running' in the runs table")
     _shot(page, 'train')
+
+    _wait(page, '#train_stop')[0].click()
+    _until(lambda: runs.get('browser-run').state == 'stopped', what='the run to stop')
+    work = runs.get('browser-run').dir
+    step = checkpoint_step(work)
+    assert step and step >= 4
+    model, _ = build_model(str(work))  # the recipe saved beside it and the last step's weights
+    assert sum(p.numel() for p in model.parameters()) > 0
+    points = runs.loss_points('browser-run')
+    assert points[0][0] == 1 and len(points) >= step
+
+    _wait(page, '#train_resume')[0].click()
+    _until(lambda: (checkpoint_step(work) or 0) > step, what='a checkpoint after the resumed step')
+    assert 'resum' in runs.log_tail('browser-run', 400).lower()
+    _wait(page, '#train_stop')[0].click()
+    _until(lambda: runs.get('browser-run').state == 'stopped', what='the resumed run to stop')
+    _until(lambda: 'stopped' in _wait(page, '#train_runs')[0].text, what="'stopped' in the runs table")
 
 
 def test_caption_edited_in_the_page_is_saved_beside_the_image(page, served, studio_root):
