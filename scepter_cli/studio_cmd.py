@@ -20,11 +20,12 @@ def studio(host: str = typer.Option('127.0.0.1', '--host', help='Address to bind
     Example: [cyan]scepter studio --root work_dirs --port 7860[/cyan]
     """
     from scepter_core.errors import ScepterError
+    from scepter_studio.guard import check_bind
+    check_bind(host, token)  # before the heavy imports: a refusal comes at once
     try:
-        from scepter_studio.server import check_bind, serve
+        from scepter_studio.server import serve
     except ImportError as e:
         raise ScepterError(f"scepter studio needs the studio extra: pip install 'scepter-forge[studio]' ({e})") from e
-    check_bind(host, token)
     url = f'http://{host}:{port}/' + (f'?token={token}' if token else '')
     console.print(f'Scepter Studio on [cyan]{url}[/cyan] (roots: {", ".join(root or ["."])}); Ctrl+C stops it')
     serve(list(root or ['.']), host, port, token, int(max_upload_mb * 2 ** 20))

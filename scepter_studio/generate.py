@@ -97,7 +97,8 @@ class Generator:
                                            req.sample_overrides(-1 if seed is None else seed + i),
                                            intermediate_callback=callback)
                 text = png_parameters(req.prompt, req.n_prompt or None, args, req.model, req.loras)
-                path = self.out_dir / f'{time.strftime("%Y%m%d-%H%M%S")}-{time.time_ns() % 10 ** 6:06d}-{args["SEED"]}.png'
+                stamp = f'{time.strftime("%Y%m%d-%H%M%S")}-{time.time_ns() % 10 ** 6:06d}'
+                path = self.out_dir / f'{stamp}-{args["SEED"]}.png'
                 paths.append(save_png(outs[0]['image'], path, text))
                 self._remember(path, text, req, args)
         return paths

@@ -38,7 +38,8 @@ def build(studio: Studio, demo: Any) -> None:
     n_prompt = gr.Textbox(label='Negative prompt', elem_id='gen_n_prompt')
     with gr.Row():
         sampler = gr.Dropdown(_samplers(), value=RECIPE, label='Sampler', elem_id='gen_sampler')
-        steps = gr.Number(0, label='Steps (0: the recipe\'s)', precision=0, minimum=0, maximum=1000, elem_id='gen_steps')
+        steps = gr.Number(0, label='Steps (0: the recipe\'s)', precision=0, minimum=0, maximum=1000,
+                          elem_id='gen_steps')
         guidance = gr.Number(0, label='Guidance (0: the recipe\'s)', minimum=0, elem_id='gen_guidance')
         rescale = gr.Number(-1, label='Guidance rescale (-1: the recipe\'s)', minimum=-1, maximum=1,
                             elem_id='gen_rescale')
@@ -60,7 +61,8 @@ def build(studio: Studio, demo: Any) -> None:
         req = Request(model=model_ or '', prompt=prompt_ or '', n_prompt=n_prompt_ or '',
                       loras=[line.strip() for line in (loras_ or '').splitlines() if line.strip()],
                       sampler=None if sampler_ in (None, RECIPE) else sampler_, steps=int(steps_ or 0) or None,
-                      guide_scale=guidance_ or None, guide_rescale=None if rescale_ is None or rescale_ < 0 else rescale_,
+                      guide_scale=guidance_ or None,
+                      guide_rescale=None if rescale_ is None or rescale_ < 0 else rescale_,
                       seed=int(-1 if seed_ is None else seed_),
                       height=int(height_ or 0) or None, width=int(width_ or 0) or None, batch=int(batch_))
         progress(0, desc='loading the model')

@@ -69,7 +69,8 @@ class Served:
         self.port = free_port()
         self.url = f'http://127.0.0.1:{self.port}/'
         config = uvicorn.Config(make_asgi(self.studio, token, max_upload=2 ** 20, refresh_s=1.0),
-                                host='127.0.0.1', port=self.port, log_level='warning')
+                                host='127.0.0.1', port=self.port, log_level='warning',
+                                timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

@@ -56,3 +56,26 @@ def test_studio_png_parameters_reproduce_through_infer_and_back(served, studio_r
     again = gen.generate(_request(infer_text, 'models/tiny'))
     _same_image(infer_png, again[0])
     assert [e['file'] for e in gen.history()][-3:] == [p.name for p in (*first, *again)]
+
+
+def test_one_generation_at_a_time_per_model_and_history_survives_a_restart(served):
+    import threading
+
+    from scepter_studio.generate import Generator
+    gen = served.studio.generator
+    events: list[tuple[str, int]] = []
+
+    def work(tag: str) -> None:
+        gen.generate(Request(model='models/tiny', prompt=f'a {tag} circle on a white background', steps=5, seed=3),
+                     on_step=lambda done, total: events.append((tag, done)))
+    threads = [threading.Thread(target=work, args=(tag,)) for tag in ('red', 'green')]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    order = [tag for tag, _ in events]
+    assert len(order) == 10 and order in (['red'] * 5 + ['green'] * 5, ['green'] * 5 + ['red'] * 5), order
+
+    restarted = Generator(served.studio.roots, gen.out_dir)  # a new Studio process reads the same history
+    assert [e['file'] for e in restarted.history()] == [e['file'] for e in gen.history()]
+    assert restarted.history()[-1]['parameters'].startswith(('a red circle', 'a green circle'))

@@ -9,7 +9,7 @@ import pytest
 
 from scepter_studio.datasets import list_images, save_caption
 from scepter_studio.paths import Roots, StudioError
-from scepter_studio.server import check_bind
+from scepter_studio.guard import check_bind
 
 from e2e.conftest import run_cli
 
@@ -89,3 +89,31 @@ def test_the_file_route_serves_nothing_outside_the_roots(served, tmp_path):
     for path in (str(secret), '/etc/passwd'):
         r = httpx.get(served.url + 'gradio_api/file=' + path, timeout=30)
         assert r.status_code in (403, 404) and 'do not serve' not in r.text
+
+
+def test_the_scepter_studio_command_serves_behind_its_token(studio_root):
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import free_port
+    port = free_port()
+    url = f'http://127.0.0.1:{port}/'
+    proc = subprocess.Popen([sys.executable, '-m', 'scepter_cli', 'studio', '--root', str(studio_root),
+                             '--port', str(port), '--token', TOKEN], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        end = time.monotonic() + 240
+        while True:
+            try:
+                status = httpx.get(url, timeout=10).status_code
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < end, 'scepter studio did not start listening'
+                time.sleep(0.5)
+        assert status == 401
+        page = httpx.get(url, params={'token': TOKEN}, timeout=30)
+        assert page.status_code == 200 and 'Scepter Studio' in page.text
+    finally:
+        proc.terminate()
+        proc.wait(30)
