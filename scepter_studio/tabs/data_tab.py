@@ -10,7 +10,7 @@ def build(studio: Studio) -> None:
         folder = gr.Textbox(label='Dataset folder (under the roots)', elem_id='data_folder', scale=4)
         load = gr.Button('Open', elem_id='data_open', scale=1)
     gallery = gr.Gallery(label='Images (click one to edit its caption)', columns=8, height=320,
-                         elem_id='data_gallery', allow_preview=False, format='png')
+                         elem_id='data_gallery', allow_preview=False, format='png', fit_columns=False)
     image = gr.Textbox(label='Image', elem_id='data_image')
     caption = gr.Textbox(label='Caption (saved as NAME.txt beside the image)', lines=3, elem_id='data_caption')
     save = gr.Button('Save caption', variant='primary', elem_id='data_save')

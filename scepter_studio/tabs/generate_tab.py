@@ -51,9 +51,10 @@ def build(studio: Studio, demo: Any) -> None:
     gr.Markdown('txt2img only: the core has no image-to-image entry point yet (forward_test takes prompts).')
     run = gr.Button('Generate', variant='primary', elem_id='gen_run')
     gallery = gr.Gallery(label='Images', columns=6, height=280, elem_id='gen_gallery', format='png', preview=False,
-                         object_fit='contain')
+                         object_fit='contain', fit_columns=False)
     params = gr.Textbox(label='Parameters (saved in each PNG)', lines=3, elem_id='gen_params', interactive=False)
-    history = gr.Gallery(label='History', columns=8, height=240, elem_id='gen_history', format='png')
+    history = gr.Gallery(label='History', columns=8, height=240, elem_id='gen_history', format='png',
+                         fit_columns=False)
 
     @friendly
     def generate(model_, loras_, prompt_, n_prompt_, sampler_, steps_, guidance_, rescale_, seed_, height_, width_,

@@ -77,7 +77,8 @@ def build(studio: Studio, demo: Any, refresh_s: float) -> None:
     with gr.Row():
         loss = gr.Image(label='Loss (TensorBoard events)', type='filepath', elem_id='train_loss', height=320,
                         format='png')
-        probes = gr.Gallery(label='Probe grids', columns=2, height=320, elem_id='train_probes', format='png')
+        probes = gr.Gallery(label='Probe grids', columns=2, height=320, elem_id='train_probes', format='png',
+                            fit_columns=False)
     log = gr.Textbox(label='Log', lines=14, max_lines=14, autoscroll=True, elem_id='train_log', interactive=False)
 
     @friendly

@@ -13,7 +13,7 @@ from scepter_core.utils.images import read_parameters
 
 from .conftest import SHOTS
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)  # loaded 2-core machines took 340 s for the run test
 WAIT = 240  # seconds; generous: sampling and training share two slow CPU cores with the page
 
 
