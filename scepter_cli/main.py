@@ -11,7 +11,7 @@ try:  # recent Typer releases vendor click; their exceptions are not click's
 except ImportError:  # pragma: no cover - older Typer on top of click
     from click.exceptions import ClickException
 
-from . import config_cmd, convert_cmd, data_cmd, model_cmd, registry_cmd, run_cmd
+from . import config_cmd, convert_cmd, data_cmd, model_cmd, registry_cmd, run_cmd, studio_cmd
 from .common import err_console
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(data_cmd.app, name='data')
 app.add_typer(model_cmd.app, name='model')
 run_cmd.register(app)
 convert_cmd.register(app)
+studio_cmd.register(app)
 
 
 def _version(value: bool) -> None:

@@ -1,7 +1,9 @@
 """Inference without a solver: build only the model, load weights, sample, write PNGs."""
 from __future__ import annotations
 
+import inspect
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,8 @@ from .families import SD15_RECIPE  # noqa: F401  (re-exported: tests and tools r
 from .imports import import_user_code
 from .models.base import device_autocast
 from .registry import MODELS
-from .sample_args import sample_kwargs
-from .utils.images import make_grid, save_png
+from .sample_args import BY_KEY, sample_kwargs
+from .utils.images import format_parameters, make_grid, parse_parameters, save_png
 
 
 def find_config(pretrained: str | None) -> Path | None:
@@ -120,34 +122,105 @@ def merged_weights(pretrained_model: str, lora: list[str], cfg_path: str | None 
     return sd, cfg
 
 
-def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: str, n_prompt: str | None = None,
-                    cfg_path: str | None = None, overrides: list[str] = (), imports: list[str] = (),
-                    lora: list[str] = (), sample_overrides: dict[str, Any] | None = None,
-                    logger: logging.Logger | None = None) -> tuple[list[Path], Path]:
-    """Sample one image per prompt; write `NNNNN.png` files and `grid.png` into out_dir."""
+def prepare_model(pretrained_model: str | None, cfg_path: str | None = None, overrides: list[str] = (),
+                  imports: list[str] = (), lora: list[str] = (),
+                  logger: logging.Logger | None = None) -> tuple[torch.nn.Module, Config]:
+    """`build_model` plus LoRA files (`PATH[:SCALE]`) and the recipe's inference switches
+    (AMP dtype, channels_last, compile): the model ready for `sample_images`."""
+    from .accel import apply
+    from .accel.switches import apply_model_switches, cast_parameters
     logger = logger or logging.getLogger('scepter')
     model, cfg = build_model(pretrained_model, cfg_path, overrides, imports, logger)
     if lora:
         from .tuners import apply_lora_files
         apply_lora_files(model, list(lora))
+    solver = cfg.get('SOLVER') or Config()
+    if _amp(solver):  # nothing trains here: hold the weights in the compute dtype (no re-cast at every step)
+        cast_parameters(model.requires_grad_(False), _dtype(solver))
+    apply(model, 'infer', solver, logger)  # the CPU fast paths, as `scepter test` applies them
+    apply_model_switches(model, solver, we.device, logger)
+    return model, cfg
+
+
+def _dtype(solver: Config) -> torch.dtype:
+    return {'float16': torch.float16, 'bfloat16': torch.bfloat16}.get(solver.get('DTYPE'), torch.float32)
+
+
+def _amp(solver: Config) -> bool:
+    return bool(solver.get('USE_AMP')) and we.device.type != 'cpu'
+
+
+def sample_images(model: torch.nn.Module, cfg: Config, prompts: list[str], n_prompt: str | None = None,
+                  sample_overrides: dict[str, Any] | None = None,
+                  **extra: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """forward_test over `prompts` with the recipe's SAMPLE_ARGS and `sample_overrides`;
+    returns (outputs, the SAMPLE_ARGS used, with a random seed (-1 or none) drawn here so it
+    can be recorded). `extra` goes to forward_test (e.g. intermediate_callback)."""
     args = dict(cfg.get_path('SOLVER.SAMPLE_ARGS') or {})
     args.update({k: v for k, v in (sample_overrides or {}).items() if v is not None})
+    _fill_defaults(model, args)
+    if int(args['SEED']) < 0:
+        args['SEED'] = random.randint(0, 2 ** 32 - 1)
     kwargs = sample_kwargs(args)
     if n_prompt is not None:
         kwargs['n_prompt'] = [n_prompt] * len(prompts)
     solver = cfg.get('SOLVER') or Config()
-    dtype = {'float16': torch.float16, 'bfloat16': torch.bfloat16}.get(solver.get('DTYPE'), torch.float32)
-    amp = bool(solver.get('USE_AMP')) and we.device.type != 'cpu'
-    from .accel import apply
-    from .accel.switches import apply_model_switches, cast_parameters
-    if amp:  # nothing trains here: hold the weights in the compute dtype (no re-cast at every step)
-        cast_parameters(model.requires_grad_(False), dtype)
-    apply(model, 'infer', solver, logger)  # the CPU fast paths, as `scepter test` applies them
-    apply_model_switches(model, solver, we.device, logger)
-    with torch.inference_mode(), device_autocast(we.device, dtype, enabled=amp):
-        outs = model.forward_test(prompt=list(prompts), show_progress=True, **kwargs)
+    with torch.inference_mode(), device_autocast(we.device, _dtype(solver), enabled=_amp(solver)):
+        outs = model.forward_test(prompt=list(prompts), show_progress=True, **kwargs, **extra)
+    return outs, args
+
+
+def _fill_defaults(model: torch.nn.Module, args: dict[str, Any]) -> None:
+    """Settings the recipe leaves out take forward_test's own defaults, filled in here so that
+    what is recorded (png_parameters) is what was used."""
+    params = inspect.signature(model.forward_test).parameters
+    for key in ('SAMPLER', 'SAMPLE_STEPS', 'SEED', 'GUIDE_SCALE', 'GUIDE_RESCALE', 'DISCRETIZATION'):
+        if args.get(key) is None and BY_KEY[key].kwarg in params:
+            args[key] = params[BY_KEY[key].kwarg].default
+    if args.get('IMAGE_SIZE') is None and getattr(model, 'cfg', None) is not None:
+        args['IMAGE_SIZE'] = model.cfg.get('IMAGE_SIZE')
+
+
+def png_parameters(prompt: str, n_prompt: str | None, args: dict[str, Any], model: str | None,
+                   lora: list[str] = (), batch: tuple[int, int] = (1, 0)) -> str:
+    """The A1111 `parameters` text of one sampled image (`batch`: size, position)."""
+    size = args.get('IMAGE_SIZE')
+    h, w = (size, size) if isinstance(size, int) else (size or (None, None))
+    settings = {'Steps': args.get('SAMPLE_STEPS'), 'Sampler': args.get('SAMPLER'), 'CFG scale': args.get('GUIDE_SCALE'),
+                'CFG rescale': args.get('GUIDE_RESCALE'), 'Discretization': args.get('DISCRETIZATION'),
+                'Prev timestep': args.get('PREV_TIMESTEP'), 'Seed': args.get('SEED'),
+                'Size': f'{w}x{h}' if h else None, 'Model': model, 'LoRA': ' '.join(lora) or None,
+                'Batch size': batch[0] if batch[0] > 1 else None, 'Batch pos': batch[1] if batch[0] > 1 else None}
+    return format_parameters(prompt, n_prompt, settings)
+
+
+def sample_args_from_parameters(text: str) -> tuple[str, str | None, dict[str, Any], list[str]]:
+    """The inverse of png_parameters: (prompt, negative prompt, SAMPLE_ARGS, LoRA specs)."""
+    prompt, n_prompt, s = parse_parameters(text)
+    args: dict[str, Any] = {'SAMPLER': s.get('Sampler'), 'DISCRETIZATION': s.get('Discretization'),
+                            'PREV_TIMESTEP': s.get('Prev timestep')}
+    for key, name, kind in (('SAMPLE_STEPS', 'Steps', int), ('SEED', 'Seed', int), ('GUIDE_SCALE', 'CFG scale', float),
+                            ('GUIDE_RESCALE', 'CFG rescale', float)):
+        if s.get(name) is not None:
+            args[key] = kind(s[name])
+    if s.get('Size'):
+        w, h = (int(v) for v in s['Size'].split('x'))
+        args['IMAGE_SIZE'] = [h, w]
+    return prompt, n_prompt or None, {k: v for k, v in args.items() if v is not None}, s.get('LoRA', '').split()
+
+
+def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: str, n_prompt: str | None = None,
+                    cfg_path: str | None = None, overrides: list[str] = (), imports: list[str] = (),
+                    lora: list[str] = (), sample_overrides: dict[str, Any] | None = None,
+                    logger: logging.Logger | None = None) -> tuple[list[Path], Path]:
+    """Sample one image per prompt; write `NNNNN.png` files (with their parameters in the
+    PNG text chunk) and `grid.png` into out_dir."""
+    model, cfg = prepare_model(pretrained_model, cfg_path, overrides, imports, lora, logger)
+    outs, args = sample_images(model, cfg, prompts, n_prompt, sample_overrides)
     out = Path(out_dir)
-    paths = [save_png(o['image'], out / f'{i:05d}.png') for i, o in enumerate(outs)]
+    paths = [save_png(o['image'], out / f'{i:05d}.png',
+                      png_parameters(o['prompt'], n_prompt, args, pretrained_model, lora, (len(outs), i)))
+             for i, o in enumerate(outs)]
     grid = out / 'grid.png'
     make_grid([o['image'] for o in outs], [o['prompt'] for o in outs]).save(grid)
     return paths, grid

@@ -19,6 +19,14 @@ fi
 # out on purpose: torchmetrics imports it whenever it is installed, and it imports torchvision.
 "${PIP[@]}" --no-deps open-clip-torch
 
+# The Studio's browser tests drive Debian's headless Chromium; install it when missing and
+# apt can (root); without it those tests skip with the reason.
+if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null 2>&1 \
+    && [ "$(id -u)" -eq 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+    || echo "scripts/test.sh: chromium could not be installed; the studio browser tests will skip" >&2
+fi
+
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 # Arguments (paths, -k ...) replace the default `tests`. `-o addopts=` so that an ini `-q`

@@ -1,14 +1,21 @@
-"""Image helpers: tensors to PIL, PNG writing and captioned grids."""
+"""Image helpers: tensors to PIL, PNG writing (with generation parameters) and captioned grids."""
 from __future__ import annotations
 
+import json
 import math
+import re
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+PARAMETERS_KEY = 'parameters'  # the PNG text chunk A1111 and the tools that read its files use
+_NEGATIVE = 'Negative prompt: '
+# `Key: value` pairs of the last line; a value is JSON-quoted when it holds a comma or colon.
+_PAIR = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -17,10 +24,49 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def save_png(image: torch.Tensor | Image.Image, path: str | Path) -> Path:
+def format_parameters(prompt: str, n_prompt: str | None, settings: Mapping[str, Any]) -> str:
+    """A1111's `parameters` text: the prompt, `Negative prompt: ...`, then one line of
+    `Key: value` pairs (None values left out)."""
+    pairs = []
+    for key, value in settings.items():
+        if value is None:
+            continue
+        text = str(value)
+        pairs.append(f'{key}: ' + (json.dumps(text) if re.search(r'[,:\n]', text) else text))
+    lines = [prompt, *([_NEGATIVE + n_prompt] if n_prompt else []), ', '.join(pairs)]
+    return '\n'.join(lines)
+
+
+def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
+    """(prompt, negative prompt, settings) from a `parameters` text; values stay strings."""
+    lines = text.strip('\n').split('\n')
+    pairs = _PAIR.findall(lines[-1]) if len(lines) > 1 else []
+    settings = {}
+    if len(pairs) >= 3:  # as A1111 reads it: fewer pairs are part of the prompt
+        lines = lines[:-1]
+        for key, value in pairs:
+            settings[key.strip()] = json.loads(value) if value.startswith('"') else value.strip()
+    neg = [i for i, line in enumerate(lines) if line.startswith(_NEGATIVE)]
+    cut = neg[0] if neg else len(lines)
+    n_prompt = '\n'.join(lines[cut:])[len(_NEGATIVE):] if neg else ''
+    return '\n'.join(lines[:cut]), n_prompt, settings
+
+
+def read_parameters(path: str | Path) -> str | None:
+    """The `parameters` text chunk of a PNG (None when it has none)."""
+    with Image.open(path) as im:
+        return im.text.get(PARAMETERS_KEY) if hasattr(im, 'text') else None
+
+
+def save_png(image: torch.Tensor | Image.Image, path: str | Path, parameters: str | None = None) -> Path:
+    """Write a PNG; `parameters` (see format_parameters) goes into its text chunk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    (image if isinstance(image, Image.Image) else to_pil(image)).save(path, format='PNG')
+    info = None
+    if parameters is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_text(PARAMETERS_KEY, parameters)
+    (image if isinstance(image, Image.Image) else to_pil(image)).save(path, format='PNG', pnginfo=info)
     return path
 
 

@@ -1,0 +1,1 @@
+"""One module per tab; each `build` lays out its components inside the current gr.Tab."""
