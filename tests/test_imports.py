@@ -29,10 +29,7 @@ REPORTING_HELPER = 'scepter_core.utils.progress'
 # Cycles that exist for a reason outside this branch, each with what removes it. Keep empty.
 # diffusion.sampling imports models.fast_layers (a CPU fast path); issue 17 moves the fast
 # paths into scepter_core/accel/, after which this entry must go (the test says so).
-KNOWN_CYCLES = [
-    {'scepter_core.diffusion', 'scepter_core.diffusion.gaussian', 'scepter_core.diffusion.sampling',
-     'scepter_core.models', 'scepter_core.models.losses'},
-]
+KNOWN_CYCLES: list[set[str]] = []
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

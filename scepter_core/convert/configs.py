@@ -49,7 +49,6 @@ def _unsupported(what: str, problems: list[str]) -> None:
 def diffusers_unet_config(cfg: Mapping | None = None, time_embed_dim: int = 256) -> dict:
     """`UNet2DConditionModel` config.json for our DiffusionUNet block. `time_embed_dim`: width of
     each SDXL size embedding in the vector `y` (NUM_CLASSES 'sequential'; 256 in SDXL)."""
-    from ..models.backbones.unet import attention_levels
     c = filled_unet_cfg(cfg)
     head_ch = c.NUM_HEADS_CHANNELS if c.NUM_HEADS_CHANNELS is not None else c.NUM_HEAD_CHANNELS
     _unsupported('DiffusionUNet', [msg for bad, msg in (
@@ -186,3 +185,12 @@ def find_model_blocks(recipe: Mapping) -> tuple[dict | None, dict | None]:
         if isinstance(node, Mapping) and ('DIFFUSION_MODEL' in node or 'FIRST_STAGE_MODEL' in node):
             return node.get('DIFFUSION_MODEL'), node.get('FIRST_STAGE_MODEL')
     return None, None
+
+
+def attention_levels(cfg: Config) -> list[bool]:
+    """Per level: whether its blocks end in a spatial transformer (its downsampling factor is
+    in ATTENTION_RESOLUTIONS and its TRANSFORMER_DEPTH is not 0). `cfg`: a filled UNet block."""
+    levels = len(cfg.CHANNEL_MULT)
+    depth = cfg.TRANSFORMER_DEPTH if isinstance(cfg.TRANSFORMER_DEPTH, (list, tuple)) \
+        else [cfg.TRANSFORMER_DEPTH] * levels
+    return [2 ** level in cfg.ATTENTION_RESOLUTIONS and depth[level] > 0 for level in range(levels)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..errors import ConfigError
-from ..models.backbones.unet import attention_levels
+from .configs import attention_levels
 from .configs import filled_unet_cfg, per_level
 from .keymap import KeyMap, Pairs
 

@@ -65,9 +65,9 @@ class FlowMatchDiffusion(SamplingMixin, BaseObject):
         'TIMESTEPS': {'value': 1000, 'description': 'Scale of the timestep the model sees: t = s * TIMESTEPS.'},
         'PREDICTION_TYPE': {'value': 'flow', 'choices': tuple(PREDICTION_ALIASES),
                             'description': "What the network predicts: flow = eps - x0 ('raw' in Scepter's recipes)."},
-        'NOISE_SCHEDULER': {'value': {'NAME': 'FlowMatchSigmaScheduler'}, 'type': dict,
+        'NOISE_SCHEDULER': {'value': {'NAME': 'FlowMatchSigmaScheduler'}, 'registry': 'NOISE_SCHEDULES',
                             'description': 'Training noise levels (a NOISE_SCHEDULES block: FlowMatchSigmaScheduler).'},
-        'SAMPLER_SCHEDULER': {'value': {'NAME': 'FlowMatchShiftScheduler'}, 'type': dict,
+        'SAMPLER_SCHEDULER': {'value': {'NAME': 'FlowMatchShiftScheduler'}, 'registry': 'NOISE_SCHEDULES',
                               'description': 'Sampling grid (FlowMatchShiftScheduler for SD3, '
                                              'FlowMatchFluxShiftScheduler for FLUX).'},
         'LOSS_TYPE': {'value': 'l2', 'choices': LOSS_TYPES, 'description': 'Elementwise training loss.'},

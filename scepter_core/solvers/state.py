@@ -11,7 +11,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +21,8 @@ from ..config import Config
 from ..env import we
 from ..errors import CheckpointError
 
-if TYPE_CHECKING:
-    from .base import BaseSolver
+# `solver` below is a BaseSolver; not imported, since the solver imports this module.
+BaseSolver = Any
 
 STATE = 'training_state.pt'
 

@@ -12,20 +12,12 @@ from torch import nn
 from torch.nn import Conv2d, Linear
 
 from ...config import Config
+from ...convert.configs import attention_levels
 from ...errors import ConfigError
 from ...registry import BACKBONES
 from ..base import TrainModule
 from .attention import SpatialTransformer
 from .unet_blocks import Downsample, EmbedSequential, ResBlock, TimestepEmbedding, Upsample
-
-
-def attention_levels(cfg: Config) -> list[bool]:
-    """Per level: whether its blocks end in a spatial transformer (its downsampling factor is
-    in ATTENTION_RESOLUTIONS and its TRANSFORMER_DEPTH is not 0). `cfg`: a filled UNet block."""
-    levels = len(cfg.CHANNEL_MULT)
-    depth = cfg.TRANSFORMER_DEPTH if isinstance(cfg.TRANSFORMER_DEPTH, (list, tuple)) \
-        else [cfg.TRANSFORMER_DEPTH] * levels
-    return [2 ** level in cfg.ATTENTION_RESOLUTIONS and depth[level] > 0 for level in range(levels)]
 
 
 @BACKBONES.register_class()

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ...config import Config
-from ...errors import CheckpointError, ConfigError
+from ...errors import CheckpointError
 from ...fs import FS, FileNotAvailable
 from ...registry import EMBEDDERS
 from .base import BaseEmbedder
@@ -27,7 +27,7 @@ DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch
 
 def _local(uri: str | None, key: str) -> str:
     if not uri:
-        raise ConfigError(f"'{key}': a directory (or ms://, hf:// URI) is required")
+        raise FileNotAvailable(f"'{key}': a directory (or ms://, hf:// URI) is required")
     try:
         return str(FS.get_dir_to_local_dir(uri, wait_finish=True))
     except FileNotAvailable as e:
