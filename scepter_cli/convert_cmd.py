@@ -85,7 +85,11 @@ def convert(src: str = typer.Argument(..., help='SD single file (.safetensors/.c
             meta = {'source': os.path.basename(src.rstrip('/'))}
             if merge:
                 meta['merged_lora'] = ' '.join(merge)
-            (save_ldm if to == 'ldm' else save_ours)(sd, out, meta)
+            if to == 'ldm':  # an SD2 file's text encoder goes back to OpenCLIP's names
+                from scepter_core.families import detect_family
+                save_ldm(sd, out, meta, openclip=fmt == 'ldm' and detect_family(src) == 'sd21')
+            else:
+                save_ours(sd, out, meta)
             written = [out]
     table = Table(title=f'wrote {to}', show_header=True)
     table.add_column('file')
