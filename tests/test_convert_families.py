@@ -142,7 +142,8 @@ def test_openclip_table_computes_what_openclip_computes():
     torch.testing.assert_close(out.hidden_states[-2], want_hidden, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.text_embeds, want_pooled, atol=1e-5, rtol=1e-5)
     back = hf_to_openclip(theirs.state_dict())
-    assert sorted(back) == sorted(ref.state_dict()) and all(torch.equal(back[k], v) for k, v in ref.state_dict().items())
+    want = ref.state_dict()
+    assert sorted(back) == sorted(want) and all(torch.equal(back[k], v) for k, v in want.items())
 
 
 def test_scepter_convert_keeps_an_sd2_file_in_openclip_names(tmp_path):
