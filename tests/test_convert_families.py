@@ -142,4 +142,26 @@ def test_openclip_table_computes_what_openclip_computes():
     torch.testing.assert_close(out.hidden_states[-2], want_hidden, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.text_embeds, want_pooled, atol=1e-5, rtol=1e-5)
     back = hf_to_openclip(theirs.state_dict())
-    assert sorted(back) == sorted(ref.state_dict()) and all(torch.equal(back[k], v) for k, v in ref.state_dict().items())
+    want = ref.state_dict()
+    assert sorted(back) == sorted(want) and all(torch.equal(back[k], v) for k, v in want.items())
+
+
+def test_scepter_convert_keeps_an_sd2_file_in_openclip_names(tmp_path):
+    """ldm -> ldm (what --merge-lora and --use-ema runs do) on an SD2 file: the text encoder is
+    written back as `cond_stage_model.model.*`, every tensor bit-exact."""
+    import subprocess
+    import sys
+
+    from models.tiny_sd import tiny_pipeline_state
+    from safetensors.torch import load_file
+
+    from scepter_core.convert import save_ldm
+    sd = {k: v for k, v in tiny_pipeline_state().items() if not k.startswith('cond_stage_model.')}
+    sd.update({f'cond_stage_model.transformer.{k}': v for k, v in _text(BIG_G, True, 6).items()})
+    src, dst = tmp_path / 'sd21.safetensors', tmp_path / 'again.safetensors'
+    save_ldm(sd, src, openclip=True)
+    subprocess.run([sys.executable, '-m', 'scepter_cli', 'convert', str(src), str(dst), '--to', 'ldm'],
+                   check=True, capture_output=True, timeout=600)
+    a, b = load_file(str(src)), load_file(str(dst))
+    assert any(k.startswith('cond_stage_model.model.transformer.resblocks.') for k in b)
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)

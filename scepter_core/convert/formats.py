@@ -97,9 +97,10 @@ def drop_ema(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_ldm(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
-             metadata: Mapping[str, str] | None = None) -> None:
-    """Write our state dict as an SD single file: safetensors, or `{'state_dict': ...}` for .ckpt/.pt."""
-    ldm = ours_to_ldm(sd)
+             metadata: Mapping[str, str] | None = None, openclip: bool = False) -> None:
+    """Write our state dict as an SD single file: safetensors, or `{'state_dict': ...}` for .ckpt/.pt.
+    `openclip`: the text encoder is SD2's OpenCLIP tower (written as `cond_stage_model.model.*`)."""
+    ldm = ours_to_ldm(sd, openclip)
     if str(path).endswith(PICKLE_SUFFIXES):
         save_pickle_checkpoint(ldm, path)
     else:

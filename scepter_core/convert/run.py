@@ -76,6 +76,10 @@ def convert_weights(src: str, dst: str, to: str, use_ema: bool = False, cfg_path
         meta = {'source': os.path.basename(src.rstrip('/'))}
         if merge:
             meta['merged_lora'] = ' '.join(merge)
-        (save_ldm if to == 'ldm' else save_ours)(sd, out, meta)
+        if to == 'ldm':  # an SD2 file's text encoder goes back to OpenCLIP's names
+            from ..families import detect_family
+            save_ldm(sd, out, meta, openclip=fmt == 'ldm' and detect_family(src) == 'sd21')
+        else:
+            save_ours(sd, out, meta)
         written = [out]
     return Converted(fmt, len(sd), [Path(p) for p in written], merge or (['its adapters'] if lora_run else []))

@@ -145,7 +145,8 @@ def test_diffusers_folder_runs_with_no_recipe_as_diffusers_does(family, tmp_path
 # What weights do not record (head splits, a latent scale other than the family's), stated for
 # the tiny models; the published models have what the single-file reader assumes (SD1.x 8 heads;
 # 64-wide heads; CLIP width / 64; 0.18215, SDXL 0.13025).
-HEADS = {'sd15': ['SOLVER.MODEL.DIFFUSION_MODEL.NUM_HEADS=4', 'SOLVER.MODEL.COND_STAGE_MODEL.CONFIG.num_attention_heads=2',
+HEADS = {'sd15': ['SOLVER.MODEL.DIFFUSION_MODEL.NUM_HEADS=4',
+                  'SOLVER.MODEL.COND_STAGE_MODEL.CONFIG.num_attention_heads=2',
                   'SOLVER.MODEL.SCALE_FACTOR=0.3'],
          'sdxl': ['SOLVER.MODEL.DIFFUSION_MODEL.NUM_HEAD_CHANNELS=16',
                   'SOLVER.MODEL.TEXT_ENCODERS.0.CONFIG.num_attention_heads=2',
