@@ -159,7 +159,7 @@ def sample_images(model: torch.nn.Module, cfg: Config, prompts: list[str], n_pro
     args = dict(cfg.get_path('SOLVER.SAMPLE_ARGS') or {})
     args.update({k: v for k, v in (sample_overrides or {}).items() if v is not None})
     _fill_defaults(model, args)
-    if int(args['SEED']) < 0:
+    if args.get('SEED') is not None and int(args['SEED']) < 0:
         args['SEED'] = random.randint(0, 2 ** 32 - 1)
     kwargs = sample_kwargs(args)
     if n_prompt is not None:

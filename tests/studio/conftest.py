@@ -14,9 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-pytest.importorskip('gradio', reason='the studio extra (gradio) is not installed')
-
-from e2e.conftest import run_cli, tiny_recipe, write_recipe  # noqa: E402
+from e2e.conftest import run_cli, tiny_recipe, write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / 'docs' / 'images'

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+pytest.importorskip('gradio', reason='the studio extra (gradio) is not installed')
+
 from scepter_core.checkpoint import checkpoint_step
 from scepter_core.inference import build_model
 from scepter_core.utils.images import read_parameters

@@ -2,6 +2,10 @@
 from them gives the same image, each way."""
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip('gradio', reason='the studio extra (gradio) is not installed')
+
 import numpy as np
 from PIL import Image
 

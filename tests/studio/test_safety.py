@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 
-import httpx
 import pytest
+
+pytest.importorskip('gradio', reason='the studio extra (gradio) is not installed')
+
+import httpx  # noqa: E402  (a gradio dependency)
 
 from scepter_studio.datasets import list_images, save_caption
 from scepter_studio.paths import Roots, StudioError
