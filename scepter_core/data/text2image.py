@@ -20,6 +20,9 @@ class Text2ImageDataset(BaseDataset):
         'PROMPT_PREFIX': {'value': '', 'type': str, 'description': 'Text put before every prompt.'},
         'IMAGE_SIZE': {'value': 512, 'type': (int, list), 'description': 'Output size: an int or [height, width].'},
         'NUM_SAMPLES': {'value': 1, 'type': int, 'description': 'Items (images to make) per prompt.'},
+        'FIELDS': {'value': ['prompt'], 'type': list, 'description': 'Columns of a PROMPT_FILE line split by '
+                                                                      'DELIMITER; the one named prompt is used.'},
+        'DELIMITER': {'value': '#;#', 'type': str, 'description': 'Column separator of PROMPT_FILE lines.'},
     }
 
     def __init__(self, cfg: Config | dict | None = None, logger: logging.Logger | None = None):
@@ -40,7 +43,8 @@ class Text2ImageDataset(BaseDataset):
                 text = FS.get_object(self.cfg.PROMPT_FILE).decode('utf-8')
             except (FileNotFoundError, IsADirectoryError) as e:
                 raise ConfigError(f"'{self.key_path(key)}': prompt file not found: '{self.cfg.PROMPT_FILE}'") from e
-            prompts = [line.strip() for line in text.splitlines()]
+            column = list(self.cfg.FIELDS).index('prompt') if 'prompt' in self.cfg.FIELDS else 0
+            prompts = [(line.split(self.cfg.DELIMITER) + [''] * column)[column].strip() for line in text.splitlines()]
         else:
             raise ConfigError(f"'{self.key_path('PROMPT_FILE')}': set PROMPT_FILE or PROMPT_DATA")
         prompts = [p for p in prompts if p]

@@ -16,6 +16,10 @@ class CheckpointHook(BaseHook):
         'SAVE_LAST': {'value': True, 'description': 'Also save when training ends.'},
         'KEEP_LAST': {'value': 0, 'description': 'Keep only the newest N checkpoints (0: keep all).'},
         'SAVE_TRAINING_STATE': {'value': True, 'description': 'Save optimizer/scheduler/RNG state for exact resume.'},
+        'SAVE_NAME_PREFIX': {'value': 'step', 'choices': ('step',),
+                             'description': "Scepter's name prefix: checkpoints are step-NNNNNN directories."},
+        'DISABLE_SNAPSHOT': {'value': False, 'description': "Accepted for Scepter's recipes: no separate snapshot "
+                                                            'file is written, every checkpoint is a directory.'},
     }
 
     def __init__(self, cfg=None, logger=None):

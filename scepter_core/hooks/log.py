@@ -36,6 +36,8 @@ class LogHook(BaseHook):
         'LOG_INTERVAL': {'value': 10, 'description': 'Steps between log lines.'},
         'WINDOW': {'value': 50, 'description': 'Steps in the moving average of the loss.'},
         'LOSS_CURVE': {'value': True, 'description': 'Write loss_curve.png and loss_history.json after training.'},
+        'SHOW_GPU_MEM': {'value': True, 'description': "Accepted for Scepter's recipes: the peak CUDA memory is "
+                                                        'always in the log line on a GPU.'},
     }
 
     def __init__(self, cfg=None, logger=None):

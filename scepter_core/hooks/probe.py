@@ -25,6 +25,10 @@ class ProbeDataHook(BaseHook):
         'NUM_SAMPLES': {'value': 4, 'description': 'Prompts taken from training data when PROMPTS is empty.'},
         'SAMPLE_ARGS': {'value': {}, 'description': "Overrides of the solver's SAMPLE_ARGS for probes."},
         'SAVE_LAST': {'value': True, 'description': 'Also probe when training ends.'},
+        'SAVE_NAME_PREFIX': {'value': 'step', 'choices': ('step',),
+                             'description': "Scepter's name prefix: probes go to probe/step-NNNNNN/."},
+        'SAVE_PROBE_PREFIX': {'value': 'image', 'type': str,
+                              'description': "Accepted for Scepter's recipes: images are NNN.png beside grid.png."},
     }
 
     def __init__(self, cfg=None, logger=None):

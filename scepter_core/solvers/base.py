@@ -48,6 +48,19 @@ class BaseSolver(BaseObject):
         'RESCALE_LR': {'value': False, 'description': 'Multiply the learning rate by world size x batch size.'},
         'USE_FSDP': {'value': False, 'description': 'Shard the model with FSDP (multi-process).'},
         'SHARDING_STRATEGY': {'value': None, 'type': str, 'description': 'FSDP: full_shard | shard_grad_op | hybrid_shard.'},
+        # Keys of Scepter's FLUX / SD3 recipes, with their meaning here.
+        'FSDP_SHARD_MODULES': {'value': [], 'type': list, 'description': "Accepted for Scepter's recipes: FSDP "
+                               'shards every block of the model (one unit per transformer / res block).'},
+        'FSDP_REDUCE_DTYPE': {'value': None, 'type': str, 'description': "Accepted for Scepter's recipes: FSDP "
+                              'reduces gradients in the parameters\' dtype (float32 here).'},
+        'FSDP_BUFFER_DTYPE': {'value': None, 'type': str, 'description': "Accepted for Scepter's recipes: buffers "
+                              'keep their own dtype.'},
+        'USE_FAIRSCALE': {'value': False, 'choices': (False,), 'description': 'FairScale is not used: false.'},
+        'USE_SCALER': {'value': None, 'type': bool, 'description': "Scepter's fp16 gradient-scaler switch: the "
+                       'scaler runs with USE_AMP and DTYPE float16; false here turns it off.'},
+        'ENABLE_GRADSCALER': {'value': None, 'type': bool, 'description': "Scepter's other spelling of USE_SCALER."},
+        'LOG_TRAIN_NUM': {'value': 16, 'description': "Accepted for Scepter's recipes (probes take ProbeDataHook's "
+                                                      'NUM_SAMPLES).'},
         'FREEZE': {'value': [], 'description': 'Module name prefixes to freeze, e.g. [cond_stage_model].'},
         'TRAIN_MODULES': {'value': [], 'description': 'If set, only these module prefixes train.'},
         'SAVE_MODULES': {'value': [], 'description': 'If set, checkpoints keep only these module prefixes.'},
@@ -189,7 +202,8 @@ class BaseSolver(BaseObject):
         if self.cfg.LR_SCHEDULER:
             self.lr_scheduler = LR_SCHEDULERS.build(self.cfg.LR_SCHEDULER, logger=self.logger,
                                                     optimizer=self.optimizer, total_steps=self.state.max_steps)
-        if self.use_amp and self.dtype == torch.float16:
+        scaler_off = False in (self.cfg.USE_SCALER, self.cfg.ENABLE_GRADSCALER)  # Scepter's switches
+        if self.use_amp and self.dtype == torch.float16 and not scaler_off:
             self.scaler = torch.amp.GradScaler(we.device.type)
         self.stepper = TrainStep(self.model, self.optimizer, self.step_settings, parameters=params,
                                  lr_scheduler=self.lr_scheduler, scaler=self.scaler, autocast=self.autocast,

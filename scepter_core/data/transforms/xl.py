@@ -73,6 +73,29 @@ class FlexibleResize(KeyedTransform):
 
 
 @TRANSFORMS.register_class()
+class FlexibleCenterCrop(KeyedTransform):
+    """Crop the centre of the target size (meta 'image_size' or SIZE), as Scepter's FLUX / SD3
+    recipes do after FlexibleResize."""
+
+    para_dict = {'SIZE': _SIZE}
+
+    def __init__(self, cfg: Config | dict | None = None, logger: logging.Logger | None = None):
+        super().__init__(cfg, logger)
+        self.size = _size_param(self)
+
+    def __call__(self, item: dict) -> dict:
+        _target_size(self, item)
+        return super().__call__(item)
+
+    def apply(self, value: Any, item: dict) -> Any:
+        (th, tw), (h, w) = item['meta']['image_size'], Fn.image_hw(value)
+        if h < th or w < tw:
+            raise ScepterError(f'FlexibleCenterCrop: image {h}x{w} is smaller than the target {th}x{tw} '
+                               f'(put FlexibleResize before it)')
+        return Fn.crop(value, (h - th) // 2, (w - tw) // 2, th, tw)
+
+
+@TRANSFORMS.register_class()
 class FlexibleCropXL(KeyedTransform):
     """Crop the target size (meta 'image_size' or SIZE) at a random offset (IS_CENTER: the
     centre) and store, as [h, w] / [top, left] tensors beside each output key OUT:

@@ -31,8 +31,8 @@ class AutoencoderKL(TrainModule):
         'PRETRAINED_MODEL': {'value': None, 'type': str, 'description':
                              'Weights with LDM names, with or without the first_stage_model. prefix '
                              "(Scepter's conv1/conv2 names for quant_conv/post_quant_conv are accepted)."},
-        'IGNORE_KEYS': {'value': [], 'description': 'Names (prefix removed) to skip when loading: literal prefixes, '
-                                                    'or regexes when they use regex syntax.'},
+        'IGNORE_KEYS': {'value': [], 'type': (list, str), 'description': 'Names (prefix removed) to skip when loading: '
+                        'literal prefixes, or regexes when they use regex syntax (one, or a list).'},
         'BATCH_SIZE': {'value': 4, 'description': 'Micro-batch of encode/decode, to cap activation memory: this '
                        'many images of 512x512 or more at a time; smaller images go proportionally more at once.'},
         'USE_MODE': {'value': False, 'description': 'encode() returns the posterior mean instead of a sample.'},
@@ -64,7 +64,8 @@ class AutoencoderKL(TrainModule):
     def load_pretrained_model(self, path: str) -> None:
         from ...checkpoint import load_component
         from ...convert.vae_map import rename_scepter_vae_keys
-        load_component(self, path, ('first_stage_model.',), self.cfg.IGNORE_KEYS, self.logger,
+        ignore = [self.cfg.IGNORE_KEYS] if isinstance(self.cfg.IGNORE_KEYS, str) else self.cfg.IGNORE_KEYS
+        load_component(self, path, ('first_stage_model.',), ignore, self.logger,
                        rename=rename_scepter_vae_keys)
 
     # ---- encode / decode ---------------------------------------------------------------
