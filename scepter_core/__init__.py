@@ -5,6 +5,7 @@ Light names (registries, Config) import at once; heavier ones (torch-based bases
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from .config import Config
@@ -14,6 +15,12 @@ from .registry import (BACKBONES, DATASETS, DIFFUSION_SAMPLERS, DIFFUSIONS, EMBE
                        REGISTRIES, SAMPLERS, SOLVERS, TOKENIZERS, TRANSFORMS, TUNERS, Registry, build)
 
 __version__ = '0.1.0'
+
+# torchao (the int8 frozen base) logs, at import, every CUDA kernel it cannot load; peft and
+# diffusers import it whenever it is installed, so without this each CPU command would start so.
+# Its enum registrations also make torch's pytree log a deprecation line each.
+for _name in ('torchao', 'torch.utils._pytree'):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 _LAZY = {
     'dict_to_yaml': 'scepter_core.templates', 'BaseObject': 'scepter_core.base',
