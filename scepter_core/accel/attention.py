@@ -4,8 +4,9 @@ small-attention training as one autograd Function.
 The attention classes this package knows (ATTENTION_SWAPS: the UNet's CrossAttention, the
 VAE's AttnBlock) call their `attention` attribute, SDPA; the swapped-in subclasses set it to
 `cpu_attention`, and CrossAttention's also runs the whole layer as `_AttentionLayer` where that
-applies. A model family with an attention class of its own keeps plain SDPA until it is listed
-here.
+applies; the VAE's block also takes `gemm.linear` for its projections, and the UNet's
+SpatialTransformer runs its 1x1 projections through it. A model family with an attention class
+of its own keeps plain SDPA until it is listed here.
 
 `cpu_attention`: torch's CPU flash kernel costs 1.5-3x more than two matmuls and a softmax on
 short sequences (its fixed cost per block dominates); from 256 x 256 tokens on it is as fast
@@ -26,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.autoencoders.vae_blocks import AttnBlock
-from ..models.backbones.attention import CrossAttention
+from ..models.backbones.attention import CrossAttention, SpatialTransformer
 from . import gemm, layers
-from .gemm import matmul_t, weight_grad
+from .gemm import linear, matmul_t, weight_grad
 
 # On the CPU, attention over at most this many query x key pairs runs as two matmuls and a softmax.
 CPU_MATH_PAIRS = 128 * 128
@@ -134,9 +135,19 @@ class FusedCrossAttention(CrossAttention):
 
 
 class CpuAttnBlock(AttnBlock):
-    """The VAE's attention block through `cpu_attention`."""
+    """The VAE's attention block through `cpu_attention` and `gemm.linear`."""
 
-    attention = staticmethod(cpu_attention)
+    attention, linear = staticmethod(cpu_attention), staticmethod(linear)
 
 
-ATTENTION_SWAPS: dict[type, type] = {CrossAttention: FusedCrossAttention, AttnBlock: CpuAttnBlock}
+class FastSpatialTransformer(SpatialTransformer):
+    """SD1's 1x1 proj_in / proj_out, run as linear maps of the tokens, through `gemm.linear`."""
+
+    def _project(self, layer: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        if self.use_linear:
+            return layer(tokens)
+        return linear(tokens, layer.weight.flatten(1), layer.bias)
+
+
+ATTENTION_SWAPS: dict[type, type] = {CrossAttention: FusedCrossAttention, AttnBlock: CpuAttnBlock,
+                                     SpatialTransformer: FastSpatialTransformer}

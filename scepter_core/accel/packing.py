@@ -69,7 +69,8 @@ def can_pack() -> bool:
         x = torch.randn(2, 8, 6, 6)
         with torch.no_grad(), _disable_current_modes():
             packed = torch.ops.mkldnn._reorder_convolution_weight(conv.weight, [1, 1], [1, 1], [1, 1], 1, list(x.shape))
-            out = torch.ops.mkldnn._convolution_pointwise(x, packed, conv.bias, [1, 1], [1, 1], [1, 1], 1, 'none', [], '')
+            out = torch.ops.mkldnn._convolution_pointwise(x, packed, conv.bias, [1, 1], [1, 1], [1, 1], 1,
+                                                          'none', [], '')
             return torch.allclose(out, conv(x), atol=1e-5)
     except (RuntimeError, AttributeError):
         return False

@@ -51,7 +51,8 @@ class AttnBlock(nn.Module):
         self.v = Conv2d(channels, channels, 1)
         self.proj_out = Conv2d(channels, channels, 1)
 
-    attention = staticmethod(F.scaled_dot_product_attention)  # the kernel; a subclass may choose another
+    # The kernels; a subclass may choose others.
+    attention, linear = staticmethod(F.scaled_dot_product_attention), staticmethod(F.linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -60,8 +61,8 @@ class AttnBlock(nn.Module):
         # [B, C, H, W] -> [B, HW, C] rows (a view when x is channels_last); the cast matches
         # USE_AMP's frozen copies, whose norm hands back the outer dtype outside autocast.
         rows = self.norm(x).flatten(2).transpose(1, 2).to(weight.dtype)
-        q, k, v = F.linear(rows, weight, bias).unsqueeze(1).chunk(3, dim=-1)  # [B, 1, HW, C] each
-        out = F.linear(self.attention(q, k, v).squeeze(1), self.proj_out.weight.flatten(1), self.proj_out.bias)
+        q, k, v = self.linear(rows, weight, bias).unsqueeze(1).chunk(3, dim=-1)  # [B, 1, HW, C] each
+        out = self.linear(self.attention(q, k, v).squeeze(1), self.proj_out.weight.flatten(1), self.proj_out.bias)
         return x + out.transpose(1, 2).view(b, c, h, w)  # x first: the sum keeps x's layout
 
 
