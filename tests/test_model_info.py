@@ -165,3 +165,28 @@ def test_errors_say_what_to_give(tmp_path):
         family_info('sdx')
     with pytest.raises(ConfigError, match='diffusers folder'):
         path_info(tmp_path)
+
+
+# The published sizes of the flow families (issue 21).
+FLOW_COUNTS = {
+    'flux-dev': {'transformer': 11_901_408_320, 'vae': 83_819_683, 'text_encoder': 123_060_480,
+                 'text_encoder_2': 4_762_310_656},
+    'flux-schnell': {'transformer': 11_891_178_560, 'vae': 83_819_683, 'text_encoder_2': 4_762_310_656},
+    'sd35-large': {'transformer': 8_056_627_520, 'vae': 83_819_683, 'text_encoder_2': 694_659_840,
+                   'text_encoder_3': 4_762_310_656},
+    'sd35-medium': {'transformer': 2_243_171_520, 'text_encoder_3': 4_762_310_656},
+}
+
+
+@pytest.mark.parametrize('family', list(FLOW_COUNTS))
+def test_flow_family_counts_are_exact_on_the_meta_device(family):
+    info = family_info(family, dtype='bfloat16', lora_rank=16)
+    for component, n in FLOW_COUNTS[family].items():
+        assert info['components'][component]['parameters'] == n, component
+    transformer = info['components']['transformer']
+    # rank-16 adapters on the transformer's attention / MLP / modulation linears: millions, not billions
+    assert 10 ** 6 < transformer['lora_parameters'] < transformer['parameters'] // 100
+    total = sum(c['parameters'] for c in info['components'].values())
+    assert info['memory']['inference'] == 2 * total
+    assert info['memory']['full_training'] == TRAIN_BYTES * transformer['parameters'] + \
+        2 * transformer['parameters'] + 2 * (total - transformer['parameters'])

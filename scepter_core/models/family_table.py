@@ -54,6 +54,44 @@ FAMILIES: dict[str, dict[str, Any]] = {
                      'components': {'unet': 'DIFFUSION_MODEL', 'vae': 'FIRST_STAGE_MODEL',
                                     'text_encoder_2': 'COND_STAGE_MODEL.EMBEDDERS.0'}},
 }
+# The flow families: transformer, 16-channel VAE, CLIP-L (+ bigG for SD3) and T5-XXL, as published.
+T5_XXL = {'vocab_size': 32128, 'd_model': 4096, 'd_ff': 10240, 'd_kv': 64, 'num_layers': 24, 'num_heads': 64,
+          'feed_forward_proj': 'gated-gelu', 'relative_attention_num_buckets': 32}
+CLIP_L = {'vocab_size': 49408, 'hidden_size': 768, 'intermediate_size': 3072, 'num_hidden_layers': 12,
+          'num_attention_heads': 12, 'projection_dim': 768, 'hidden_act': 'quick_gelu'}
+CLIP_BIGG = {'vocab_size': 49408, 'hidden_size': 1280, 'intermediate_size': 5120, 'num_hidden_layers': 32,
+             'num_attention_heads': 20, 'projection_dim': 1280, 'hidden_act': 'gelu'}
+FLOW_VAE = {'NAME': 'AutoencoderKLFlux', 'ENCODER': {'NAME': 'Encoder', 'Z_CHANNELS': 16},
+            'DECODER': {'NAME': 'Decoder', 'Z_CHANNELS': 16}}
+T5_BLOCK = {'NAME': 'HFEmbedder', 'HF_MODEL_CLS': 'T5EncoderModel', 'CONFIG': T5_XXL}
+
+
+def _flux(guidance: bool) -> dict[str, Any]:
+    return {'model': {'NAME': 'LatentDiffusionFlux', 'DIFFUSION_MODEL': {'NAME': 'Flux', 'GUIDANCE_EMBED': guidance},
+                      'FIRST_STAGE_MODEL': FLOW_VAE, 'IMAGE_SIZE': [1024, 1024],
+                      'COND_STAGE_MODEL': {'NAME': 'T5PlusClipFluxEmbedder', 'T5_MODEL': T5_BLOCK, 'CLIP_MODEL': {
+                          'NAME': 'HFEmbedder', 'HF_MODEL_CLS': 'CLIPTextModel', 'OUTPUT_KEY': 'pooler_output',
+                          'CONFIG': {k: v for k, v in CLIP_L.items() if k != 'projection_dim'}}}},
+            'components': {'transformer': 'DIFFUSION_MODEL', 'vae': 'FIRST_STAGE_MODEL',
+                           'text_encoder': 'COND_STAGE_MODEL.CLIP_MODEL', 'text_encoder_2': 'COND_STAGE_MODEL.T5_MODEL'}}
+
+
+def _sd35(mmdit: dict[str, Any]) -> dict[str, Any]:
+    return {'model': {'NAME': 'LatentDiffusionSD3', 'DIFFUSION_MODEL': {'NAME': 'MMDiT', 'QK_NORM': 'rms', **mmdit},
+                      'FIRST_STAGE_MODEL': {**FLOW_VAE, 'NAME': 'AutoencoderKL', 'EMBED_DIM': 16, 'USE_CONV': False},
+                      'IMAGE_SIZE': [1024, 1024],
+                      'COND_STAGE_MODEL': {'NAME': 'SD3TextEmbedder', 'T5_XXL': T5_BLOCK,
+                                           'CLIP_L': {'NAME': 'FrozenCLIPEmbedder2', 'CONFIG': CLIP_L},
+                                           'CLIP_G': {'NAME': 'FrozenCLIPEmbedder2', 'CONFIG': CLIP_BIGG}}},
+            'components': {'transformer': 'DIFFUSION_MODEL', 'vae': 'FIRST_STAGE_MODEL',
+                           'text_encoder': 'COND_STAGE_MODEL.CLIP_L', 'text_encoder_2': 'COND_STAGE_MODEL.CLIP_G',
+                           'text_encoder_3': 'COND_STAGE_MODEL.T5_XXL'}}
+
+
+FAMILIES.update({'flux-dev': _flux(True), 'flux-schnell': _flux(False),
+                 'sd35-large': _sd35({'DEPTH': 38}),
+                 'sd35-medium': _sd35({'DEPTH': 24, 'X_BLOCK_SELF_ATTN_LAYERS': list(range(13)),
+                                       'POS_EMBED_MAX_SIZE': 384})})
 FAMILIES['sd21v'] = {'model': {**FAMILIES['sd21']['model'], 'PARAMETERIZATION': 'v', 'IMAGE_SIZE': [768, 768]},
                      'components': FAMILIES['sd21']['components']}
 

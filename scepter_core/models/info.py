@@ -19,9 +19,11 @@ DTYPE_BYTES = {'float32': 4, 'float16': 2, 'bfloat16': 2}
 # Scepter's LoRA recipes' targets: attention and feed-forward projections of the UNet's
 # transformers, and of the text encoders' blocks.
 LORA_TARGETS = {'unet': re.compile(r'(to_q|to_k|to_v|to_out\.0|net\.0\.proj|net\.2)$'),
+                # the flow transformers' attention, MLP and modulation linears (Scepter's FLUX LoRA targets)
+                'transformer': re.compile(r'(blocks\.\d+\.(.+\.)?(qkv|proj|linear1|linear2|lin|fc1|fc2|mlp\.[02]))$'),
                 'text': re.compile(r'(q_proj|k_proj|v_proj|out_proj|fc1|fc2)$')}
 TRAIN_BYTES = 16  # per trained parameter: fp32 weight + fp32 gradient + AdamW's two fp32 moments
-COMPONENT_REGISTRY = {'unet': 'BACKBONES', 'vae': 'MODELS'}  # text encoders: EMBEDDERS
+COMPONENT_REGISTRY = {'unet': 'BACKBONES', 'transformer': 'BACKBONES', 'vae': 'MODELS'}  # text encoders: EMBEDDERS
 
 
 def build_components(name: str) -> dict[str, nn.Module]:
@@ -47,9 +49,9 @@ def component_info(folder: str, module: nn.Module, lora_rank: int) -> dict[str, 
     n = sum(p.numel() for p in module.parameters())
     info = {'class': type(module).__name__, 'parameters': n,
             'bytes': {dtype: n * size for dtype, size in DTYPE_BYTES.items()}}
-    if folder == 'unet' or folder.startswith('text_encoder'):
-        info['lora_parameters'] = lora_parameters(module, LORA_TARGETS['unet' if folder == 'unet' else 'text'],
-                                                  lora_rank)
+    if folder in ('unet', 'transformer') or folder.startswith('text_encoder'):
+        targets = LORA_TARGETS.get(folder, LORA_TARGETS['text'])
+        info['lora_parameters'] = lora_parameters(module, targets, lora_rank)
     return info
 
 
@@ -61,7 +63,7 @@ def memory(components: dict[str, dict[str, Any]], dtype: str) -> dict[str, int]:
     adapters trained in fp32)."""
     size = DTYPE_BYTES[dtype]
     total = sum(c['parameters'] for c in components.values())
-    unet = components.get('unet', {}).get('parameters', 0)
+    unet = components.get('unet', components.get('transformer', {})).get('parameters', 0)
     lora = sum(c.get('lora_parameters', 0) for c in components.values())
     autocast_copies = unet * size if size < 4 else 0
     return {'inference': total * size, 'full_training': unet * TRAIN_BYTES + autocast_copies + (total - unet) * size,

@@ -49,10 +49,16 @@ def load_tokenizer(cls_name: str, directory: str, where: str) -> Any:
 
 
 def load_text_encoder(model_cls: str, model_uri: str | None, tokenizer_cls: str, tokenizer_uri: str | None,
-                      dtype: torch.dtype, where: str, keys: tuple[str, str]) -> tuple[Any, Any]:
+                      dtype: torch.dtype, where: str, keys: tuple[str, str],
+                      config: dict | None = None) -> tuple[Any, Any]:
     """(transformers model, tokenizer) from their directories; `keys` name the config keys
-    of the two paths in errors. The tokenizer defaults to the model's directory."""
+    of the two paths in errors. The tokenizer defaults to the model's directory. Without a
+    model directory, `config` (the model config's fields) builds the architecture with random
+    weights and no tokenizer: enough to count and plan (`scepter model info`), not to encode."""
     import transformers
+    if not model_uri and config:
+        cls = getattr(transformers, model_cls)
+        return cls(cls.config_class(**config)).to(dtype), None
     model_dir = _local(model_uri, f'{where}.{keys[0]}')
     token_dir = _local(tokenizer_uri, f'{where}.{keys[1]}') if tokenizer_uri else model_dir
     try:
@@ -92,6 +98,8 @@ class HFEmbedder(BaseEmbedder):
         'CLEAN': {'value': 'whitespace', 'choices': ('whitespace', 'none'),
                   'description': 'Collapse runs of whitespace in prompts before tokenizing.'},
         'USE_GRAD_CHECKPOINT': {'value': False, 'description': 'Gradient checkpointing when the encoder trains.'},
+        'CONFIG': {'value': None, 'type': dict, 'description': 'Model config fields: with no MODEL_PATH, builds the '
+                                                               'architecture (random weights, no tokenizer).'},
     }
 
     def __init__(self, cfg: Config | dict | None = None, logger: logging.Logger | None = None):
@@ -99,7 +107,7 @@ class HFEmbedder(BaseEmbedder):
         c = self.cfg
         self.hf_module, self.tokenizer = load_text_encoder(
             c.HF_MODEL_CLS, c.MODEL_PATH, c.HF_TOKENIZER_CLS, c.TOKENIZER_PATH, DTYPES[c.D_TYPE],
-            c.path or type(self).__name__, ('MODEL_PATH', 'TOKENIZER_PATH'))
+            c.path or type(self).__name__, ('MODEL_PATH', 'TOKENIZER_PATH'), c.CONFIG)
         if c.USE_GRAD_CHECKPOINT:  # transformers 5 renamed it; older releases have the first name only
             enable = getattr(self.hf_module, 'activation_checkpointing_enable', None) or \
                 getattr(self.hf_module, 'gradient_checkpointing_enable')

@@ -32,6 +32,8 @@ class FrozenCLIPEmbedder2(BaseEmbedder):
         'USE_FINAL_LAYER_NORM': {'value': False, 'description': 'Apply the final layer norm to the hidden states.'},
         'IS_TRAINABLE': {'value': False, 'description': "Accepted for Scepter's recipes (FREEZE decides)."},
         'D_TYPE': {'value': 'float32', 'choices': tuple(DTYPES), 'description': 'Weights dtype.'},
+        'CONFIG': {'value': None, 'type': dict, 'description': 'CLIPTextConfig fields: with no PRETRAINED_MODEL, '
+                                                               'builds the architecture (random weights, no tokenizer).'},
     }
 
     def __init__(self, cfg: Config | dict | None = None, logger: logging.Logger | None = None):
@@ -39,7 +41,7 @@ class FrozenCLIPEmbedder2(BaseEmbedder):
         c = self.cfg
         self.hf_module, self.tokenizer = load_text_encoder(
             'CLIPTextModelWithProjection', c.PRETRAINED_MODEL, 'CLIPTokenizer', c.TOKENIZER_PATH, DTYPES[c.D_TYPE],
-            c.path or type(self).__name__, ('PRETRAINED_MODEL', 'TOKENIZER_PATH'))
+            c.path or type(self).__name__, ('PRETRAINED_MODEL', 'TOKENIZER_PATH'), c.CONFIG)
         if c.FREEZE:
             self.freeze()
 
