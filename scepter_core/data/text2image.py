@@ -57,6 +57,6 @@ class Text2ImageDataset(BaseDataset):
 
     def _get(self, index: int) -> dict:
         prompt_index, sample_index = divmod(index, self.cfg.NUM_SAMPLES)
-        return {'prompt': self.cfg.PROMPT_PREFIX + self.prompts[prompt_index],
+        return {'index': index, 'prompt': self.cfg.PROMPT_PREFIX + self.prompts[prompt_index],
                 'meta': {'image_size': list(self.image_size), 'prompt_index': prompt_index,
                          'sample_index': sample_index}}

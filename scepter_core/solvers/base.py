@@ -62,6 +62,9 @@ class BaseSolver(BaseObject):
         'LOG_TRAIN_NUM': {'value': 16, 'description': "Accepted for Scepter's recipes (probes take ProbeDataHook's "
                                                       'NUM_SAMPLES).'},
         'FREEZE': {'value': [], 'description': 'Module name prefixes to freeze, e.g. [cond_stage_model].'},
+        'QUANTIZE_BASE': {'value': None, 'type': str, 'choices': (None, 'int8', 'fp8'),
+                          'description': 'Hold the frozen Linear weights quantized (torchao): int8 on any device, '
+                                         'fp8 on fp8 GPUs; with a TUNER the whole base is frozen.'},
         'TRAIN_MODULES': {'value': [], 'description': 'If set, only these module prefixes train.'},
         'SAVE_MODULES': {'value': [], 'description': 'If set, checkpoints keep only these module prefixes.'},
         'TUNER': {'value': None, 'description': 'Parameter-efficient tuners (list of TUNERS blocks) or a trained adapter path.'},
@@ -147,6 +150,13 @@ class BaseSolver(BaseObject):
 
     def construct_model(self) -> None:
         self.model = MODELS.build(self.cfg.MODEL, logger=self.logger)
+        if self.cfg.QUANTIZE_BASE:  # before the tuner wraps the layers (peft wraps quantized ones)
+            from ..models.quantize import quantize_frozen
+            if self.cfg.TUNER:
+                self.model.requires_grad_(False)
+            else:
+                self._apply_freeze()
+            quantize_frozen(self.model, self.cfg.QUANTIZE_BASE, self.logger)
         if self.cfg.TUNER:  # adapters go in before DDP wrapping and before the optimizer sees parameters
             from ..tuners import apply_tuners
             self.model = apply_tuners(self.model, self.cfg.TUNER, self.logger)
