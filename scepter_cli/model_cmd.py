@@ -19,7 +19,8 @@ def _gib(n: int) -> str:
 @app.command('info')
 def info_cmd(path: Optional[str] = typer.Argument(None, help='A diffusers folder, a .safetensors file or a work dir.'),
              family: Optional[str] = typer.Option(None, '--family',
-                                                  help='sd15, sd21, sd21v, sdxl or sdxl-refiner.'),
+                                                  help='sd15, sd21, sd21v, sdxl, sdxl-refiner, flux-dev, flux-schnell, '
+                                                       'sd35-medium or sd35-large.'),
              dtype: str = typer.Option('float16', '--dtype', help='Inference / frozen-weight dtype.'),
              lora_rank: int = typer.Option(64, '--lora-rank', help='Rank of the LoRA size estimate.'),
              as_json: bool = typer.Option(False, '--json', help='Print JSON for scripts.')) -> None:
