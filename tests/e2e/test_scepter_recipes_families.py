@@ -13,7 +13,8 @@ SD21 = [RECIPES / f'stable_diffusion_2.1_{kind}.yaml' for kind in ('512', '512_l
 SDXL = [RECIPES / f'stable_diffusion_xl_1024{kind}.yaml' for kind in ('', '_lora', '_textlora')]
 FLOW = [RECIPES / f'{name}.yaml' for name in ('dit_flux1.0_dev_1024_lora', 'dit_flux1.0_schnell_1024_lora',
                                             'dit_sd3_1024', 'dit_sd3_1024_lora')]
-EXAMPLES = [ROOT / 'examples' / f'sdxl_1024_{kind}.yaml' for kind in ('full', 'lora')]
+EXAMPLES = [ROOT / 'examples' / f'sdxl_1024_{kind}.yaml' for kind in ('full', 'lora')] + \
+    [ROOT / 'examples' / 'flux1_dev_1024_lora.yaml']
 
 
 @pytest.mark.parametrize('path', SD21 + SDXL + FLOW + EXAMPLES, ids=lambda p: p.stem)
