@@ -26,7 +26,7 @@ def epoch_batches(data: Any) -> int:
 def fill_cache(cfg: Config) -> dict[str, int]:
     """Run in each worker (launch); returns what this rank computed and found."""
     from .data.loader import build_dataloader
-    from .launch import build_solver
+    from .worker import build_solver
     from .utils.progress import progress_bar
     if not cfg.SOLVER.get('CACHE_DIR'):
         raise ConfigError("'SOLVER.CACHE_DIR': set the cache directory to fill (e.g. --set SOLVER.CACHE_DIR=./cache)")
