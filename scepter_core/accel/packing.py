@@ -65,8 +65,9 @@ def can_pack() -> bool:
     """oneDNN's packed convolution exists in this torch and gives the eager numbers."""
     try:
         from torch.utils._python_dispatch import _disable_current_modes
-        conv = nn.Conv2d(8, 8, 3, padding=1)
-        x = torch.randn(2, 8, 6, 6)
+        with torch.random.fork_rng(devices=[]):  # a probe must not move the seeded stream training draws from
+            conv = nn.Conv2d(8, 8, 3, padding=1)
+            x = torch.randn(2, 8, 6, 6)
         with torch.no_grad(), _disable_current_modes():
             packed = torch.ops.mkldnn._reorder_convolution_weight(conv.weight, [1, 1], [1, 1], [1, 1], 1, list(x.shape))
             out = torch.ops.mkldnn._convolution_pointwise(x, packed, conv.bias, [1, 1], [1, 1], [1, 1], 1,
