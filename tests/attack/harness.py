@@ -1,0 +1,65 @@
+"""The attack corpus' one way to run a case and judge it.
+
+Every case runs the real `scepter` command in a fresh process and is judged on the same four
+counts, summed by conftest.py into one line: `attack: N cases, T tracebacks, L lost, E executed`.
+- traceback: a Python traceback printed without `--debug`;
+- lost: what existed before (a checkpoint, a dataset) no longer loads after the attack;
+- executed: code from an attacker's file ran (a canary file appeared);
+- and the error itself must be one `error:` line naming the key, file or value.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Outcome:
+    name: str
+    rc: int
+    traceback: bool
+    lost: bool
+    executed: bool
+
+
+RESULTS: list[Outcome] = []
+
+
+def canary(folder: Path, name: str = 'payload') -> tuple[str, Path]:
+    """Python source that leaves a file behind when it runs, and that file's path."""
+    marker = folder / f'{name}.ran'
+    return f'open({str(marker)!r}, "w").write("ran")\n', marker
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300,
+        stdin: str | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'PYTHONPATH': str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, '-m', 'scepter_cli', *args], cwd=cwd or ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, input=stdin)
+
+
+def judge(name: str, proc: subprocess.CompletedProcess, *, names: Iterable[str] = (),
+          codes: Iterable[int] = (1, 2), markers: Iterable[Path] = (),
+          intact: Callable[[], bool] | None = None, error: bool = True) -> str:
+    """Record one case and assert it was refused cleanly; returns the error line ('' if none)."""
+    text = proc.stdout + proc.stderr
+    outcome = Outcome(name, proc.returncode, 'Traceback (most recent call last)' in text,
+                      intact is not None and not intact(), any(Path(m).exists() for m in markers))
+    RESULTS.append(outcome)
+    assert not outcome.traceback, f'{name}: traceback without --debug\n{text[-3000:]}'
+    assert not outcome.executed, f'{name}: code from the attacker ran'
+    assert not outcome.lost, f'{name}: what existed before was lost'
+    if not error:
+        return ''
+    assert proc.returncode in tuple(codes), f'{name}: exit {proc.returncode}\n{text[-3000:]}'
+    lines = [ln for ln in proc.stderr.splitlines() if ln.lower().startswith('error:')]  # ours, or click's usage 'Error:'
+    assert len(lines) == 1, f'{name}: expected one error line\n{proc.stderr[-3000:]}'
+    for want in names:
+        assert want in lines[0], f'{name}: {want!r} not named in {lines[0]!r}'
+    return lines[0]
