@@ -4,14 +4,19 @@ torch runs an fp32 `F.linear` on the CPU through MKL's sgemm. On AMD CPUs MKL ta
 code path: on an AVX512 EPYC it reaches ~100 GFLOP/s per core where oneDNN's own JIT kernels
 (the ones torch already uses for convolutions) reach ~250 on the same shapes, with fp32
 accuracy (bench/README.md). A probe at first use decides, per thread count, whether oneDNN is
-clearly faster here; SCEPTER_CPU_GEMM=onednn|aten forces the choice, `auto` (the default)
+clearly faster here (remembered per machine in $SCEPTER_CACHE/cpu_probe.json, so that every
+run on a machine takes the same paths); SCEPTER_CPU_GEMM=onednn|aten forces the choice, `auto` (the default)
 probes. Everywhere else (CUDA, autocast, half precision, torch.compile, a torch without the
 op) `linear` is `F.linear`."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
+import platform
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -52,8 +57,49 @@ def _best_time(fn: Callable[[], object], reps: int = 5) -> float:
     return best
 
 
-@functools.lru_cache(maxsize=None)
-def probe_speedup(threads: int) -> float:
+def cpu_signature() -> str:
+    """What makes one machine's probe valid on another: CPU model, its flags, cores, torch."""
+    model, flags = platform.machine(), ''
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            key, _, value = line.partition(':')
+            if key.strip() == 'model name' and model == platform.machine():
+                model = value.strip()
+            elif key.strip() == 'flags' and not flags:
+                flags = hashlib.sha1(value.strip().encode()).hexdigest()[:12]
+    except OSError:
+        pass
+    return f'{model}|{flags}|{os.cpu_count()}|torch {torch.__version__}'
+
+
+def probe_cache_file() -> Path:
+    from ..fs import cache_dir  # SCEPTER_CACHE, default ~/.cache/scepter
+    return cache_dir() / 'cpu_probe.json'
+
+
+def _remembered(key: str, measure: Callable[[], float]) -> float:
+    """A probe's result, measured once per machine and kept: a timing taken while the machine is
+    busy can swing either way, and a choice that changed between runs would change the numbers
+    (a resumed run must take the same paths as the run it continues)."""
+    path = probe_cache_file()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), (int, float)):
+        return float(known[key])
+    value = measure()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+        tmp.write_text(json.dumps({**known, key: value}, indent=1))
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: probe again next time
+        pass
+    return value
+
+
+def _measure_speedup() -> float:
     """torch's BLAS time / oneDNN's on a 512x512x256 linear; 0.0 when oneDNN is missing or wrong."""
     try:
         if not torch.backends.mkldnn.is_available():
@@ -66,9 +112,18 @@ def probe_speedup(threads: int) -> float:
         with torch.no_grad(), _disable_current_modes():
             if not torch.allclose(onednn(x, w, None), x @ w.t(), rtol=1e-4, atol=1e-3):
                 return 0.0
-            return _best_time(lambda: F.linear(x, w)) / _best_time(lambda: onednn(x, w, None))
+            ratios = sorted(_best_time(lambda: F.linear(x, w)) / _best_time(lambda: onednn(x, w, None))
+                            for _ in range(3))
+            return ratios[1]  # the median of three rounds
     except (RuntimeError, AttributeError):  # no such op in this torch build
         return 0.0
+
+
+@functools.lru_cache(maxsize=None)
+def probe_speedup(threads: int) -> float:
+    """torch's BLAS time / oneDNN's here at `threads` threads, remembered per machine
+    (`probe_cache_file()`; delete it to probe again)."""
+    return _remembered(f'{cpu_signature()}|{threads} threads|linear', _measure_speedup)
 
 
 def choice() -> str:

@@ -129,15 +129,21 @@ def test_swapping_a_transformers_model_keeps_keys_and_numbers(forced):
     assert forced and torch.allclose(before, after, atol=1e-5)
 
 
-def test_probe_decides_by_speed(monkeypatch):
+def test_probe_decides_by_speed_once_per_machine(monkeypatch, tmp_path):
     monkeypatch.setenv(gemm.ENV, 'auto')
+    monkeypatch.setenv('SCEPTER_CACHE', str(tmp_path))
     gemm.probe_speedup.cache_clear()
-    times = iter([1.0, 0.5])  # aten 1.0 s, oneDNN 0.5 s: 2x faster
+    times = iter([1.0, 0.5] * 3)  # aten 1.0 s, oneDNN 0.5 s: 2x faster
     monkeypatch.setattr(gemm, '_best_time', lambda fn, reps=5: next(times))
     assert gemm.backend() == 'onednn'
+    gemm.probe_speedup.cache_clear()  # a new process on the same machine: no new timing
+    times = iter([1.0, 0.9] * 3)
+    assert gemm.backend() == 'onednn' and next(times) == 1.0
+    gemm.probe_cache_file().unlink()  # forgotten: probed again, within MIN_SPEEDUP keeps torch's default
     gemm.probe_speedup.cache_clear()
-    times = iter([1.0, 0.9])  # within MIN_SPEEDUP: keep torch's default
+    times = iter([1.0, 0.9] * 3)
     assert gemm.backend() == 'aten'
+    assert gemm.cpu_signature() in gemm.probe_cache_file().read_text()
     gemm.probe_speedup.cache_clear()
 
 
