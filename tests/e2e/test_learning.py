@@ -17,10 +17,11 @@ LDM = str(ROOT / 'examples' / 'tiny_shapes.yaml')
 LORA = str(ROOT / 'examples' / 'tiny_shapes_lora.yaml')
 VAE_STEPS, STEPS = 500, 1000  # stage 1, stage 2 (the example: 1500, 2000)
 LORA_STEPS = 600  # examples/tiny_shapes_lora.yaml's MAX_STEPS
-# Sized for the slowest machine of our kind, a 2-core Intel Xeon: stage 1 runs 7.6 it/s there
-# and stage 2 3.6 it/s unloaded. Timeouts allow a third of that (a machine shared with other
-# jobs) plus two minutes of start-up, evaluation and checkpoints.
-SLOWEST_RATE = {'vae': 7.6 / 3, 'ldm': 3.6 / 3}
+# Sized for the slowest machine of our kind seen so far, a 2-core AMD EPYC with AVX2 only:
+# stage 1 runs 4.7 it/s there and stage 2 1.9 it/s unloaded (a 2-core Xeon: 7.6 and 3.6).
+# Timeouts allow a third of that (a machine shared with other jobs) plus two minutes of
+# start-up, evaluation and checkpoints.
+SLOWEST_RATE = {'vae': 4.7 / 3, 'ldm': 1.9 / 3}
 
 
 def _timeout(steps: int, stage: str) -> int:
