@@ -41,6 +41,8 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self.signum:  # stopping: a second signal still exits at once, also while the error prints
+            return
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}

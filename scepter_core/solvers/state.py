@@ -72,7 +72,7 @@ def write_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor], st
                 os.fsync(fh.fileno())
         fsync_dir(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
         fsync_dir(root)
         pointer = root / f'.{LATEST}.tmp'
@@ -82,6 +82,14 @@ def write_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor], st
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _discard(step_dir: Path) -> None:
+    """Delete a step directory; renamed away first, so a kill mid-delete never leaves a
+    half-deleted step (a leftover `.step-*.tmp-*` is cleaned by the next `prune`)."""
+    gone = step_dir.with_name(f'.{step_dir.name}.tmp-old-{os.getpid()}')
+    os.replace(step_dir, gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def resolve_checkpoint(path: str | Path, work_dir: str | Path | None = None) -> Path:
@@ -129,15 +137,15 @@ def refuse_newer(root: Path, step: int) -> None:
 
 def prune(root: Path, keep_last: int) -> None:
     """Keep the newest `keep_last` step directories (and always the one `latest` names)."""
+    for d in root.glob('.step-*.tmp-*'):  # leftovers of a killed save (WORK_DIR's lock: none is in progress)
+        shutil.rmtree(d, ignore_errors=True)
     if keep_last <= 0:
         return
-    steps = sorted(d for d in root.glob('step-*') if d.is_dir() and '.tmp-' not in d.name)
+    steps = step_dirs(root)
     latest = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
     for d in steps[:-keep_last]:
         if d.name != latest:
-            shutil.rmtree(d, ignore_errors=True)
-    for d in root.glob('.step-*.tmp-*'):  # leftovers of a killed save
-        shutil.rmtree(d, ignore_errors=True)
+            _discard(d)
 
 
 def read_training_state(step_dir: Path) -> dict[str, Any] | None:
