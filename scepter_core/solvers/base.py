@@ -281,6 +281,7 @@ class BaseSolver(BaseObject):
         self.model.train()
         ckpt.refuse_newer(self.work_dir / 'checkpoints', self.state.step)
         self.call_hooks('before_all_iter')
+        ckpt.pin_cpu_gemm(self._resume)
         ckpt.restore_rng(self._resume, self.cfg.SEED, self.state.step)  # last: loader creation must not shift it
 
     def train_step(self, batch: dict[str, Any], t0: float, t1: float) -> None:

@@ -196,7 +196,7 @@ def training_state(solver: BaseSolver) -> dict[str, Any]:
         hooks = full_tensors(hooks)
     rng = rng_state()
     return {
-        **solver.state.counters(), 'max_steps': solver.state.max_steps,
+        **solver.state.counters(), 'max_steps': solver.state.max_steps, 'cpu_gemm': _PINNED['gemm'],
         'optimizer': optimizer, 'optimizer_by_name': solver.is_fsdp,
         'lr_scheduler': solver.lr_scheduler.state_dict() if solver.lr_scheduler else None,
         'scaler': solver.scaler.state_dict() if solver.scaler else None,
@@ -282,7 +282,7 @@ def load(solver: BaseSolver, checkpoint: str) -> dict[str, Any] | None:
     old_max = saved.get('max_steps', (recipe or {}).get('MAX_STEPS'))
     guard.warn_schedule_length(solver, int(old_max) if old_max is not None else None, solver.logger)
     solver.logger.info(f'resuming at step {st.step} from {step_dir}')
-    return {'rng': per_rank[we.rank] if same_world else None}
+    return {'rng': per_rank[we.rank] if same_world else None, 'cpu_gemm': saved.get('cpu_gemm')}
 
 
 def restore_rng(resume: dict[str, Any] | None, seed: int, step: int) -> None:
@@ -294,3 +294,24 @@ def restore_rng(resume: dict[str, Any] | None, seed: int, step: int) -> None:
     else:  # resumed with another world size: fresh streams, not those of step 0 again
         from ..data.samplers import mix_seed
         we.seed_all(mix_seed(seed, step) % 2 ** 31)
+
+
+_PINNED: dict[str, str | None] = {'gemm': None}  # the CPU matmul backend this process pinned
+
+
+def pin_cpu_gemm(resume: dict[str, Any] | None) -> None:
+    """Fix the fp32 CPU matmul backend (accel/gemm.py) for training, since its kernels round
+    differently: the one the resumed checkpoint trained with, else rank 0's probe, so that a
+    noisy timing probe gives neither two ranks nor a resume another choice.
+    SCEPTER_CPU_GEMM set by the user wins."""
+    from ..accel import gemm
+    given = os.environ.get(gemm.ENV)
+    if we.device.type != 'cpu' or (given and given != _PINNED['gemm'] and gemm.choice() != 'auto'):
+        return
+    value = (resume or {}).get('cpu_gemm')
+    if value not in ('onednn', 'aten'):
+        os.environ.pop(gemm.ENV, None)
+        from ..dist import all_gather
+        value = gemm.backend()
+        value = all_gather(value)[0] if we.is_distributed else value
+    os.environ[gemm.ENV] = _PINNED['gemm'] = value
