@@ -38,16 +38,20 @@ def train(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file (YAML or
       [cyan]scepter train --cfg recipe.yaml --set SOLVER.MAX_STEPS=10 --resume latest[/cyan]
       [cyan]torchrun --nproc_per_node 4 -m scepter_cli train --cfg recipe.yaml --launcher torchrun[/cyan]
     """
+    import contextlib
     from scepter_core.launch import is_first_process, launch
+    from scepter_core.solvers.lock import work_dir_lock
     config = _prepare(cfg, overrides, imports, work_dir, launcher)
     if resume:
         config.set('SOLVER.RESUME_FROM', resume)
-        config.set('SOLVER.LOAD_MODEL_ONLY', False)
+        if not any(o.split('=', 1)[0].strip() == 'SOLVER.LOAD_MODEL_ONLY' for o in overrides or []):
+            config.set('SOLVER.LOAD_MODEL_ONLY', False)  # --resume resumes, unless asked for the weights alone
     out = Path(config.SOLVER.get('WORK_DIR') or './work_dirs/run')
-    out.mkdir(parents=True, exist_ok=True)
-    if is_first_process():  # torchrun/Lightning workers each run this command: one writes
-        config.dump(out / 'config.yaml')
-    launch(config, mode='train')
+    first = is_first_process()  # torchrun/Lightning workers each run this command: one locks and writes
+    with work_dir_lock(out) if first else contextlib.nullcontext():
+        if first:
+            config.dump(out / 'config.yaml')
+        launch(config, mode='train')
     console.print(f'[green]done[/green]: outputs in {out} (checkpoints/, probe/, tensorboard/, loss_curve.png)')
 
 

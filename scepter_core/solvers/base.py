@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +22,7 @@ from ..models.base import device_autocast
 from ..registry import DATASETS, HOOKS, LR_SCHEDULERS, METRICS, MODELS, OPTIMIZERS
 from . import state as ckpt
 from ..accel.switches import apply_model_fast_paths, apply_train_fast_paths
+from .interrupt import Interrupted, StopRequest
 from .step import StepSettings, TrainStep
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
@@ -251,17 +253,35 @@ class BaseSolver(BaseObject):
 
     def run_train(self) -> None:
         data_iter = self.batches()
-        self.begin_train()
-        while self.state.step < self.state.max_steps:
-            self.call_hooks('before_iter')
-            t0 = time.perf_counter()
-            batch = next(data_iter)
-            self.train_step(batch, t0, time.perf_counter())
+        with StopRequest(self.logger) as stop:
+            self.begin_train()
+            while self.state.step < self.state.max_steps:
+                self.call_hooks('before_iter')
+                t0 = time.perf_counter()
+                batch = next(data_iter)
+                self.train_step(batch, t0, time.perf_counter())
+                signum = stop.requested() if self.state.is_step_end else 0
+                if signum:
+                    self.stop_on_signal(signum)
         self.call_hooks('after_all_iter')
+
+    def stop_on_signal(self, signum: int) -> None:
+        """Write a checkpoint of the step just finished and stop (a signal asked to)."""
+        saver = next((h for h in self.hooks.get('train', []) if hasattr(h, 'save_now')), None)
+        if saver is not None:
+            saver.save_now(self)
+        elif not self.state.nonfinite_in_row:
+            self.state.last_checkpoint = str(self.save_checkpoint(with_state=True))
+        name = signal.Signals(signum).name
+        where = self.state.last_checkpoint
+        saved = f'checkpoint {where}; continue with --resume latest' if where else 'no checkpoint written'
+        raise Interrupted(f'stopped by {name} after step {self.step}: {saved}', signum)
 
     def begin_train(self) -> None:
         self.model.train()
+        ckpt.refuse_newer(self.work_dir / 'checkpoints', self.state.step)
         self.call_hooks('before_all_iter')
+        ckpt.pin_cpu_gemm(self._resume)
         ckpt.restore_rng(self._resume, self.cfg.SEED, self.state.step)  # last: loader creation must not shift it
 
     def train_step(self, batch: dict[str, Any], t0: float, t1: float) -> None:
