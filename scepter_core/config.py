@@ -273,6 +273,9 @@ def _step(node: Any, part: str, parts: list[str], create: bool) -> Any:
         if part not in node or node[part] is None:
             if not create:
                 raise ConfigError(f"no key '{'.'.join(parts)}'")
+            if part.isdigit():  # `TRAIN_HOOKS.7.NAME` where the recipe holds no list: not a new block '7'
+                raise ConfigError(f"'{'.'.join(parts)}': index {part} of a list that the recipe does not hold "
+                                  f"(set the whole list: {'.'.join(parts[:-1])}=[...])")
             node[part] = Config()
         return node[part]
     raise ConfigError(f"'{'.'.join(parts[:-1])}' is {type(node).__name__}, not a block")

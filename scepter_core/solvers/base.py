@@ -33,7 +33,7 @@ class BaseSolver(BaseObject):
         'WORK_DIR': {'value': './work_dirs/run', 'description': 'Outputs: checkpoints, logs, probes, config.'},
         'LOG_FILE': {'value': 'std_log.txt', 'type': str, 'description': 'Log file name inside WORK_DIR.'},
         'SEED': {'value': 2023, 'description': 'Seed for everything random in training.'},
-        'MAX_STEPS': {'value': 1000, 'description': 'Optimizer steps to train (ignored when MAX_EPOCHS > 0).'},
+        'MAX_STEPS': {'value': 1000, 'min': 0, 'description': 'Optimizer steps to train (ignored when MAX_EPOCHS > 0).'},
         'MAX_EPOCHS': {'value': -1, 'description': 'Train this many passes over TRAIN_DATA instead (-1: off).'},
         'NUM_FOLDS': {'value': 1, 'description': 'Accepted for Scepter recipes (repeats of the data per epoch).'},
         'ACCU_STEP': {'value': 1, 'description': 'Micro-batches accumulated per optimizer step.'},
