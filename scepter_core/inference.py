@@ -300,6 +300,8 @@ def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: s
     if batch_size < 1:
         raise ConfigError(f"'--batch-size': must be at least 1, got {batch_size}")
     check_sample_args(sample_overrides or {})  # the command line's values, before the model is built
+    if isinstance((sample_overrides or {}).get('SAMPLER'), str):
+        check_sampler(sample_overrides['SAMPLER'])
     model, cfg = prepare_model(pretrained_model, cfg_path, overrides, imports, lora, logger, trust_imports)
     args = sample_settings(model, cfg, sample_overrides)
     out = Path(out_dir)
