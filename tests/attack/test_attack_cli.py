@@ -70,6 +70,7 @@ BAD_INFER = {
     'guide rescale 7 by --set': (['--set', 'SOLVER.SAMPLE_ARGS.GUIDE_RESCALE=7'], ['GUIDE_RESCALE', 'got 7']),
     'lora missing file': (['--lora', '{tmp}/missing_lora.safetensors'], ['missing_lora.safetensors']),
     'lora bad scale': (['--lora', '{weights}:strong'], ['strong']),
+    'lora on a non-LoRA file': (['--lora', '{weights}'], ['{weights}', 'LoRA']),
     'pretrained model missing': (['--pretrained-model', '{tmp}/nowhere'], ['nowhere']),
 }
 
@@ -83,15 +84,9 @@ def test_impossible_infer_values_fail_in_one_line_before_sampling(run_dir: Path,
     start = time.monotonic()
     results = cli_many(argvs, env={'SCEPTER_PROGRESS': '0'})
     for (case, (_, names)), proc in zip(BAD_INFER.items(), results):
-        judge(case, proc, names=names)
+        judge(case, proc, names=[n.format(weights=_weights(run_dir)) for n in names])
     assert not list((tmp_path / 'out').glob('*.png'))  # nothing sampled, nothing half-written
     assert time.monotonic() - start < 240
-
-
-def test_lora_on_a_file_without_adapters_names_it(run_dir: Path, tmp_path: Path):
-    proc = cli('infer', '--pretrained-model', str(run_dir), '-p', 'x', '--steps', '1', '--out', str(tmp_path),
-               '--lora', str(_weights(run_dir)), env={'SCEPTER_PROGRESS': '0'})
-    judge('lora on a non-LoRA file', proc, names=[str(_weights(run_dir)), 'LoRA'])
 
 
 def test_a_checkpoint_folders_imports_never_run_when_loading_weights(run_dir: Path, tmp_path: Path):
