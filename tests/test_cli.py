@@ -112,12 +112,17 @@ BATCH = {
     'template_wrong_registry': ['config', 'template', 'ToySolver', '--registry', 'MODELS'],
     'show': ['config', 'show', '--trust-imports', '--cfg', '{root}/good.yaml', '--set', 'SOLVER.MAX_STEPS=7',
              '--set', 'SOLVER.MODEL.WIDTH=16', '--set', 'SOLVER.EXTRA=[1,2]'],
-    'show_bad_override': ['config', 'show', '--trust-imports', '--cfg', '{root}/good.yaml', '--set', 'SOLVER.MAX_STEPS.X=1'],
-    'show_bad_yaml': ['config', 'show', '--trust-imports', '--cfg', '{root}/good.yaml', '--set', 'SOLVER.BETAS=[0.9,0.99'],
+    'show_bad_override': ['config', 'show', '--trust-imports', '--cfg', '{root}/good.yaml',
+                          '--set', 'SOLVER.MAX_STEPS.X=1'],
+    'show_bad_yaml': ['config', 'show', '--trust-imports', '--cfg', '{root}/good.yaml',
+                      '--set', 'SOLVER.BETAS=[0.9,0.99'],
     'validate_good': ['config', 'validate', '--trust-imports', '--cfg', '{root}/good.yaml'],
-    'validate_bad': ['config', 'validate', '--trust-imports', '--cfg', '{root}/bad.yaml', '--set', 'SOLVER.MODEL.NAME=ToyNte'],
-    'validate_not_strict': ['config', 'validate', '--trust-imports', '--cfg', '{root}/bad.yaml', '--set', 'STRICT=false'],
-    'validate_bad_type': ['config', 'validate', '--trust-imports', '--cfg', '{root}/good.yaml', '--set', 'SOLVER.MAX_STEPS=many'],
+    'validate_bad': ['config', 'validate', '--trust-imports', '--cfg', '{root}/bad.yaml',
+                     '--set', 'SOLVER.MODEL.NAME=ToyNte'],
+    'validate_not_strict': ['config', 'validate', '--trust-imports', '--cfg', '{root}/bad.yaml',
+                            '--set', 'STRICT=false'],
+    'validate_bad_type': ['config', 'validate', '--trust-imports', '--cfg', '{root}/good.yaml',
+                          '--set', 'SOLVER.MAX_STEPS=many'],
 }
 
 
