@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import console
+from .common import TrustOpt, console
 
 
 def _size(path: Path) -> int:
@@ -22,7 +22,8 @@ def convert(src: str = typer.Argument(..., help='SD single file (.safetensors/.c
             cfg: Optional[str] = typer.Option(None, '--cfg', '-c', help='Recipe whose DIFFUSION_MODEL / FIRST_STAGE_MODEL '
                                               'describe the model (default: SD1.5, or a diffusers source\'s own configs).'),
             merge_lora: Optional[list[str]] = typer.Option(None, '--merge-lora', help='LoRA file[:scale] to fold into the '
-                                                           'weights (repeatable; files as for infer --lora).')) -> None:
+                                                           'weights (repeatable; files as for infer --lora).'),
+            trust_imports: bool = TrustOpt) -> None:
     """Convert Stable Diffusion weights between the original single file (ldm), a diffusers
     folder and our checkpoint (scepter). The format of SRC is detected.
 
@@ -41,7 +42,8 @@ def convert(src: str = typer.Argument(..., help='SD single file (.safetensors/.c
 
     from scepter_core.convert.run import convert_weights
     with console.status(f'converting {src} to {to} ...'):
-        done = convert_weights(src, dst, to, use_ema=use_ema, cfg_path=cfg, merge_lora=merge_lora or [])
+        done = convert_weights(src, dst, to, use_ema=use_ema, cfg_path=cfg, merge_lora=merge_lora or [],
+                              trust_imports=trust_imports)
     console.print(f'read [bold]{done.source_format}[/bold] {src}: {done.tensors} tensors'
                   + (f" (LoRA merged: {', '.join(done.merged)})" if done.merged else ''))
     table = Table(title=f'wrote {to}', show_header=True)

@@ -62,7 +62,7 @@ def cache_cmd(cfg: str = typer.Option(..., '--cfg', '-c', help='Training recipe 
     """
     from scepter_core.data_cache import fill_cache
     from scepter_core.launch import launch
-    stats = launch(load_config(cfg, overrides, imports), mode='train', fn=fill_cache)
+    stats = launch(load_config(cfg, overrides, imports)[0], mode='train', fn=fill_cache)
     if isinstance(stats, dict):
         console.print(f"cached: {stats['computed']} rows computed, {stats['found']} already on disk "
                       f"({stats['batches']} batches per process)")

@@ -7,14 +7,15 @@ from typing import Any, Optional
 import typer
 from scepter_core.sample_args import BY_KEY as SAMPLE_ARGS
 
-from .common import ImportOpt, SetOpt, console, load_config
+from .common import ImportOpt, SetOpt, TrustOpt, console, load_config
 
 
 def _prepare(cfg_path: str, overrides: Optional[list[str]], imports: Optional[list[str]],
-             work_dir: Optional[str], launcher: Optional[str]):
+             work_dir: Optional[str], launcher: Optional[str], own_weights: bool = True):
+    """The recipe, validated; `own_weights`: it loads the weights it names (no --pretrained-model)."""
     from scepter_core.errors import ConfigError
-    from scepter_core.validate import validate_recipe
-    cfg = load_config(cfg_path, overrides, imports)
+    from scepter_core.validate import missing_weights_producer, validate_recipe
+    cfg, _ = load_config(cfg_path, overrides, imports)
     if work_dir:
         cfg.set('SOLVER.WORK_DIR', work_dir)
     if launcher:
@@ -22,6 +23,9 @@ def _prepare(cfg_path: str, overrides: Optional[list[str]], imports: Optional[li
     problems = validate_recipe(cfg)
     if problems:
         raise ConfigError('\n'.join(problems))
+    first = missing_weights_producer(cfg, cfg_path) if own_weights else None
+    if first:
+        raise ConfigError(first)
     return cfg
 
 
@@ -69,7 +73,7 @@ def test(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file with TEST
     import json
     from rich.table import Table
     from scepter_core.launch import launch
-    config = _prepare(cfg, overrides, imports, work_dir, None)
+    config = _prepare(cfg, overrides, imports, work_dir, None, own_weights=not pretrained_model)
     if pretrained_model:  # a LoRA run's checkpoint: the recipe's base model, its adapters on top
         from scepter_core.inference import use_pretrained
         adapters = use_pretrained(config.SOLVER.MODEL, pretrained_model)
@@ -96,7 +100,9 @@ def _sample_opt(key: str, default: Any = None) -> Any:
 
 def infer(prompt: list[str] = typer.Option(..., '--prompt', '-p', help='Prompt (repeatable).'),
           n_prompt: Optional[str] = _sample_opt('N_PROMPT'),
-          num_samples: int = typer.Option(1, '--num-samples', '--num_samples', help='Images per prompt.'),
+          num_samples: int = typer.Option(1, '--num-samples', '--num_samples', min=1, help='Images per prompt.'),
+          batch_size: int = typer.Option(8, '--batch-size', '--batch_size', min=1,
+                                         help='Images sampled at once (batch k draws its noise from seed + k).'),
           pretrained_model: Optional[str] = typer.Option(None, '--pretrained-model', '--pretrained_model',
                                                          help='Our checkpoint (a LoRA run: its base model and '
                                                               'adapters), an SD single file or a diffusers folder.'),
@@ -111,10 +117,12 @@ def infer(prompt: list[str] = typer.Option(..., '--prompt', '-p', help='Prompt (
           lora: Optional[list[str]] = typer.Option(None, '--lora', help='LoRA file[:scale] (repeatable).'),
           cuda_graph: bool = _sample_opt('CUDA_GRAPH', False),
           out: str = typer.Option('outputs', '--out', '-o', help='Output directory.'),
-          overrides: Optional[list[str]] = SetOpt, imports: Optional[list[str]] = ImportOpt) -> None:
+          overrides: Optional[list[str]] = SetOpt, imports: Optional[list[str]] = ImportOpt,
+          trust_imports: bool = TrustOpt) -> None:
     """Generate images from prompts. Builds only the model, never the training data.
 
-    Sampling options left out take the recipe's SOLVER.SAMPLE_ARGS.
+    Sampling options left out take the recipe's SOLVER.SAMPLE_ARGS. The recipe's IMPORTS (user
+    code) are not run unless --trust-imports: a checkpoint folder's config.yaml is anyone's file.
 
     Example: [cyan]scepter infer --pretrained-model work_dirs/tiny_shapes/checkpoints/latest --prompt "a red circle on a white background" --num-samples 4[/cyan]
     """
@@ -126,10 +134,11 @@ def infer(prompt: list[str] = typer.Option(..., '--prompt', '-p', help='Prompt (
     paths, grid = generate_images(
         prompts=[p for p in prompt for _ in range(num_samples)], pretrained_model=pretrained_model,
         cfg_path=cfg, overrides=overrides or [], imports=imports or [], lora=lora or [], out_dir=out,
-        sample_overrides=sample)
-    for p in paths:
+        sample_overrides=sample, batch_size=batch_size, trust_imports=trust_imports)
+    for p in paths[:16]:
         console.print(f'  {p}')
-    console.print(f'[green]done[/green]: {len(paths)} images and the grid {grid}')
+    more = f' ({len(paths) - 16} more in {out})' if len(paths) > 16 else ''
+    console.print(f'[green]done[/green]: {len(paths)} images{more} and the grid {grid}')
 
 
 def register(app: typer.Typer) -> None:

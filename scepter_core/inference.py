@@ -13,10 +13,10 @@ from .config import Config, apply_overrides
 from .env import we
 from .errors import ConfigError
 from .families import SD15_RECIPE  # noqa: F401  (re-exported: tests and tools read it here)
-from .imports import import_user_code
+from .imports import import_user_code, recipe_imports, untrusted_note
 from .models.base import device_autocast
 from .registry import MODELS
-from .sample_args import BY_KEY, sample_kwargs
+from .sample_args import BY_KEY, check_sample_args, check_sampler, sample_kwargs
 from .utils.images import format_parameters, make_grid, parse_parameters, save_png
 
 
@@ -79,9 +79,11 @@ def use_pretrained(model_cfg: Config, pretrained_model: str) -> str | None:
 
 def build_model(pretrained_model: str | None, cfg_path: str | None = None, overrides: list[str] = (),
                 imports: list[str] = (), logger: logging.Logger | None = None,
-                blocks: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Config]:
+                blocks: dict[str, Any] | None = None, trust_imports: bool = False) -> tuple[torch.nn.Module, Config]:
     """The model of a recipe with whole-model weights loaded (a LoRA run: its base model and
-    its adapters); returns (model, recipe). `blocks` replace the recipe's model blocks."""
+    its adapters); returns (model, recipe). `blocks` replace the recipe's model blocks.
+    `imports` (--import) always run; the recipe's IMPORTS only with `trust_imports`: the
+    config.yaml beside a checkpoint is anyone's file."""
     path = Path(cfg_path) if cfg_path else find_config(pretrained_model)
     if path is None:  # weights without a recipe: the family's, read off a diffusers folder's configs
         from .families import recipe_for
@@ -89,7 +91,20 @@ def build_model(pretrained_model: str | None, cfg_path: str | None = None, overr
     else:
         cfg = Config.load(path)
     apply_overrides(cfg, overrides)
-    import_user_code(list(imports) + list(cfg.get('IMPORTS') or []), base_dir=str(path))
+    import_user_code(list(imports), label='--import')
+    items = recipe_imports(cfg)
+    if trust_imports:
+        import_user_code(items, base_dir=str(path))
+    try:
+        return _build_loaded(cfg, path, pretrained_model, blocks, logger)
+    except ConfigError as e:
+        if trust_imports or not items:
+            raise
+        raise ConfigError(f'{e}\n{untrusted_note(items)}') from e
+
+
+def _build_loaded(cfg: Config, path: Path, pretrained_model: str | None, blocks: dict[str, Any] | None,
+                  logger: logging.Logger | None) -> tuple[torch.nn.Module, Config]:
     model_cfg = cfg.get_path('SOLVER.MODEL') or cfg.get('MODEL')
     if not model_cfg:
         raise ConfigError(f"'{path}': no SOLVER.MODEL block to build")
@@ -107,14 +122,15 @@ def build_model(pretrained_model: str | None, cfg_path: str | None = None, overr
 
 def merged_weights(pretrained_model: str, lora: list[str], cfg_path: str | None = None,
                    blocks: dict[str, Any] | None = None, use_ema: bool = False,
-                   logger: logging.Logger | None = None) -> tuple[dict[str, torch.Tensor], Config]:
+                   logger: logging.Logger | None = None, trust_imports: bool = False
+                   ) -> tuple[dict[str, torch.Tensor], Config]:
     """Whole-model weights with LoRA files (`PATH[:SCALE]`, as `--lora`) folded in, for
     `scepter convert --merge-lora`: the model `build_model` makes, the files applied, every
     adapter merged; no adapter tensors remain. `use_ema`: the EMA copy becomes the UNet.
     Returns (state dict, recipe)."""
     from .convert import drop_ema, select_ema
     from .tuners import apply_lora_files, merge_lora
-    model, cfg = build_model(pretrained_model, cfg_path, logger=logger, blocks=blocks)
+    model, cfg = build_model(pretrained_model, cfg_path, logger=logger, blocks=blocks, trust_imports=trust_imports)
     apply_lora_files(model, list(lora), logger)
     sd = {k: v.detach().cpu() for k, v in merge_lora(model, logger).state_dict().items()}
     if use_ema:
@@ -123,14 +139,14 @@ def merged_weights(pretrained_model: str, lora: list[str], cfg_path: str | None 
 
 
 def prepare_model(pretrained_model: str | None, cfg_path: str | None = None, overrides: list[str] = (),
-                  imports: list[str] = (), lora: list[str] = (),
-                  logger: logging.Logger | None = None) -> tuple[torch.nn.Module, Config]:
+                  imports: list[str] = (), lora: list[str] = (), logger: logging.Logger | None = None,
+                  trust_imports: bool = False) -> tuple[torch.nn.Module, Config]:
     """`build_model` plus LoRA files (`PATH[:SCALE]`) and the recipe's inference switches
     (AMP dtype, channels_last, compile): the model ready for `sample_images`."""
     from .accel import apply
     from .accel.switches import apply_model_switches, cast_parameters
     logger = logger or logging.getLogger('scepter')
-    model, cfg = build_model(pretrained_model, cfg_path, overrides, imports, logger)
+    model, cfg = build_model(pretrained_model, cfg_path, overrides, imports, logger, trust_imports=trust_imports)
     if lora:
         from .tuners import apply_lora_files
         apply_lora_files(model, list(lora))
@@ -156,11 +172,8 @@ def sample_images(model: torch.nn.Module, cfg: Config, prompts: list[str], n_pro
     """forward_test over `prompts` with the recipe's SAMPLE_ARGS and `sample_overrides`;
     returns (outputs, the SAMPLE_ARGS used, with a random seed (-1 or none) drawn here so it
     can be recorded). `extra` goes to forward_test (e.g. intermediate_callback)."""
-    args = dict(cfg.get_path('SOLVER.SAMPLE_ARGS') or {})
-    args.update({k: v for k, v in (sample_overrides or {}).items() if v is not None})
-    _fill_defaults(model, args)
-    if args.get('SEED') is not None and int(args['SEED']) < 0:
-        args['SEED'] = random.randint(0, 2 ** 32 - 1)
+    args = sample_settings(model, cfg, sample_overrides)
+    check_image_size(model, args.get('IMAGE_SIZE'), len(prompts))
     kwargs = sample_kwargs(args)
     if n_prompt is not None:
         kwargs['n_prompt'] = [n_prompt] * len(prompts)
@@ -168,6 +181,68 @@ def sample_images(model: torch.nn.Module, cfg: Config, prompts: list[str], n_pro
     with torch.inference_mode(), device_autocast(we.device, _dtype(solver), enabled=_amp(solver)):
         outs = model.forward_test(prompt=list(prompts), show_progress=True, **kwargs, **extra)
     return outs, args
+
+
+def sample_settings(model: torch.nn.Module, cfg: Config, sample_overrides: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """The SAMPLE_ARGS a sample uses: the recipe's, `sample_overrides` over them, forward_test's
+    defaults for the rest, a random seed (-1 or none) drawn; each value checked."""
+    args = dict(cfg.get_path('SOLVER.SAMPLE_ARGS') or {})
+    args.update({k: v for k, v in (sample_overrides or {}).items() if v is not None})
+    _fill_defaults(model, args)
+    check_sample_args(args)
+    if args.get('SAMPLER') is not None and isinstance(args['SAMPLER'], str):
+        check_sampler(args['SAMPLER'])
+    if args.get('SEED') is not None and int(args['SEED']) < 0:
+        args['SEED'] = random.randint(0, 2 ** 32 - 1)
+    return args
+
+
+def size_multiple(model: torch.nn.Module) -> int:
+    """Pixels per latent cell times the backbone's patch side: image sides must be multiples of it."""
+    backbone_cfg = getattr(getattr(model, 'model', None), 'cfg', None)
+    patch = backbone_cfg.get('PATCH_SIZE', 1) if isinstance(backbone_cfg, dict) else 1
+    return int(getattr(model, 'size_factor', 1) or 1) * int(patch or 1)
+
+
+def _decoder_channels(model: torch.nn.Module) -> int:
+    """Channels the autoencoder's decoder holds at full resolution (SD's: 128)."""
+    conv = getattr(getattr(getattr(model, 'first_stage_model', None), 'decoder', None), 'conv_out', None)
+    return int(getattr(conv, 'in_channels', 128))
+
+
+def _memory_free(device: torch.device) -> int | None:
+    """Bytes a new allocation may take on `device` (None: unknown)."""
+    if device.type == 'cuda':
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open('/proc/meminfo') as f:
+            info = dict(line.split(':', 1) for line in f)
+        return int(info['MemAvailable'].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_image_size(model: torch.nn.Module, size: Any, batch: int) -> None:
+    """Before anything is allocated: the sides are multiples of the model's size factor, and
+    decoding `batch` images of that size fits in memory (the decoder's full-resolution
+    activations, a lower bound)."""
+    if size is None:
+        return
+    h, w = (size, size) if isinstance(size, int) else size
+    factor = size_multiple(model)
+    if h % factor or w % factor:
+        raise ConfigError(f"'--size' / SAMPLE_ARGS.IMAGE_SIZE: {h} x {w} is not a multiple of {factor}, this "
+                          f"model's size factor (pixels per latent cell x patch side); e.g. "
+                          f"{max(factor, h // factor * factor)} x {max(factor, w // factor * factor)}")
+    device = next(model.parameters()).device
+    need = batch * h * w * _decoder_channels(model) * 4 * 2
+    free = _memory_free(device)
+    if free is not None and need > free:
+        raise ConfigError(f"'--size' / SAMPLE_ARGS.IMAGE_SIZE: decoding {batch} image(s) of {h} x {w} needs at "
+                          f"least {need / 2 ** 30:.1f} GiB, more than the {free / 2 ** 30:.1f} GiB free on "
+                          f"{device.type}: use a smaller --size or --batch-size")
 
 
 def _fill_defaults(model: torch.nn.Module, args: dict[str, Any]) -> None:
@@ -209,18 +284,37 @@ def sample_args_from_parameters(text: str) -> tuple[str, str | None, dict[str, A
     return prompt, n_prompt or None, {k: v for k, v in args.items() if v is not None}, s.get('LoRA', '').split()
 
 
+GRID_MAX = 64  # images in grid.png: the first ones (a grid of 100000 images would not fit in memory)
+
+
 def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: str, n_prompt: str | None = None,
                     cfg_path: str | None = None, overrides: list[str] = (), imports: list[str] = (),
                     lora: list[str] = (), sample_overrides: dict[str, Any] | None = None,
-                    logger: logging.Logger | None = None) -> tuple[list[Path], Path]:
-    """Sample one image per prompt; write `NNNNN.png` files (with their parameters in the
-    PNG text chunk) and `grid.png` into out_dir."""
-    model, cfg = prepare_model(pretrained_model, cfg_path, overrides, imports, lora, logger)
-    outs, args = sample_images(model, cfg, prompts, n_prompt, sample_overrides)
+                    logger: logging.Logger | None = None, batch_size: int = 8,
+                    trust_imports: bool = False) -> tuple[list[Path], Path]:
+    """Sample one image per prompt, `batch_size` at a time (batch k draws its noise from seed + k);
+    write `NNNNN.png` files as each batch ends (with their parameters in the PNG text chunk)
+    and `grid.png` of the first GRID_MAX into out_dir."""
+    if not prompts:
+        raise ConfigError("'--num-samples': no images to sample (it must be at least 1)")
+    if batch_size < 1:
+        raise ConfigError(f"'--batch-size': must be at least 1, got {batch_size}")
+    check_sample_args(sample_overrides or {})  # the command line's values, before the model is built
+    if isinstance((sample_overrides or {}).get('SAMPLER'), str):
+        check_sampler(sample_overrides['SAMPLER'])
+    model, cfg = prepare_model(pretrained_model, cfg_path, overrides, imports, lora, logger, trust_imports)
+    args = sample_settings(model, cfg, sample_overrides)
     out = Path(out_dir)
-    paths = [save_png(o['image'], out / f'{i:05d}.png',
-                      png_parameters(o['prompt'], n_prompt, args, pretrained_model, lora, (len(outs), i)))
-             for i, o in enumerate(outs)]
+    paths, shown = [], []
+    for k, start in enumerate(range(0, len(prompts), batch_size)):
+        chunk = prompts[start:start + batch_size]
+        batch_args = {**args, 'SEED': (int(args['SEED']) + k) % 2 ** 32} if args.get('SEED') is not None else args
+        outs, used = sample_images(model, cfg, chunk, n_prompt, batch_args)
+        for i, o in enumerate(outs):
+            text = png_parameters(o['prompt'], n_prompt, used, pretrained_model, lora, (len(outs), i))
+            paths.append(save_png(o['image'], out / f'{len(paths):05d}.png', text))
+            if len(shown) < GRID_MAX:
+                shown.append(o)
     grid = out / 'grid.png'
-    make_grid([o['image'] for o in outs], [o['prompt'] for o in outs]).save(grid)
+    make_grid([o['image'] for o in shown], [o['prompt'] for o in shown]).save(grid)
     return paths, grid

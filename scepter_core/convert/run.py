@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import ConfigError
-from ..imports import import_user_code
+from ..imports import import_user_code, recipe_imports
 from ..inference import adapter_checkpoint, merged_weights
 from .configs import find_model_blocks, unet_cfg_from_diffusers, vae_cfg_from_diffusers
 from .diffusers_fmt import read_diffusers_configs, save_diffusers
@@ -28,10 +28,10 @@ class Converted:
     merged: list[str] = field(default_factory=list)   # the LoRA specs folded in ('its adapters' for a run)
 
 
-def _recipe_blocks(cfg_path: str) -> tuple[dict | None, dict | None]:
+def _recipe_blocks(cfg_path: str, trust_imports: bool) -> tuple[dict | None, dict | None]:
     recipe = Config.load(cfg_path)
-    imports = recipe.get('IMPORTS') or []
-    import_user_code([imports] if isinstance(imports, str) else list(imports), base_dir=cfg_path)
+    if trust_imports:  # converting weights runs no user code unless asked (see imports.py)
+        import_user_code(recipe_imports(recipe), base_dir=cfg_path)
     unet_cfg, vae_cfg = find_model_blocks(recipe)
     if unet_cfg is None and vae_cfg is None:
         raise ConfigError(f"--cfg '{cfg_path}': no DIFFUSION_MODEL or FIRST_STAGE_MODEL block (looked under "
@@ -40,13 +40,14 @@ def _recipe_blocks(cfg_path: str) -> tuple[dict | None, dict | None]:
 
 
 def convert_weights(src: str, dst: str, to: str, use_ema: bool = False, cfg_path: str | None = None,
-                    merge_lora: list[str] = (), logger: logging.Logger | None = None) -> Converted:
+                    merge_lora: list[str] = (), logger: logging.Logger | None = None,
+                    trust_imports: bool = False) -> Converted:
     """Convert `src` (format detected) to `to` at `dst`. `cfg_path`: the recipe that describes
     the model (default: SD1.5's, or a diffusers source's own configs); `merge_lora`: LoRA
     files (`PATH[:SCALE]`) merged into the weights, as is a LoRA run's checkpoint given as `src`."""
     if to not in FORMATS:
         raise ConfigError(f"--to: '{to}' is not one of {', '.join(FORMATS)}")
-    unet_cfg, vae_cfg = _recipe_blocks(cfg_path) if cfg_path else (None, None)
+    unet_cfg, vae_cfg = _recipe_blocks(cfg_path, trust_imports) if cfg_path else (None, None)
     text_cfg = None
     merge = list(merge_lora)
     lora_run = adapter_checkpoint(src) is not None
@@ -59,7 +60,8 @@ def convert_weights(src: str, dst: str, to: str, use_ema: bool = False, cfg_path
     if merge or lora_run:  # build the model, add the adapters, fold them in
         blocks = None if cfg_path or fmt != 'diffusers' else \
             {k: v for k, v in (('DIFFUSION_MODEL', unet_cfg), ('FIRST_STAGE_MODEL', vae_cfg)) if v}
-        sd, recipe = merged_weights(src, merge, cfg_path=cfg_path, blocks=blocks, use_ema=use_ema, logger=logger)
+        sd, recipe = merged_weights(src, merge, cfg_path=cfg_path, blocks=blocks, use_ema=use_ema, logger=logger,
+                                    trust_imports=trust_imports)
         if unet_cfg is None and vae_cfg is None:
             unet_cfg, vae_cfg = find_model_blocks(recipe)
     else:

@@ -18,7 +18,8 @@ class Text2ImageDataset(BaseDataset):
         'PROMPT_FILE': {'value': '', 'type': str, 'description': 'Text file, one prompt per line.'},
         'PROMPT_DATA': {'value': [], 'type': list, 'description': 'Prompts given inline instead of PROMPT_FILE.'},
         'PROMPT_PREFIX': {'value': '', 'type': str, 'description': 'Text put before every prompt.'},
-        'IMAGE_SIZE': {'value': 512, 'type': (int, list), 'description': 'Output size: an int or [height, width].'},
+        'IMAGE_SIZE': {'value': 512, 'type': (int, list), 'min': 1, 'max': 65536,
+                       'description': 'Output size: an int or [height, width].'},
         'NUM_SAMPLES': {'value': 1, 'type': int, 'description': 'Items (images to make) per prompt.'},
         'FIELDS': {'value': ['prompt'], 'type': list, 'description': 'Columns of a PROMPT_FILE line split by '
                                                                       'DELIMITER; the one named prompt is used.'},

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..base import get_logger
 from ..checkpoint import load_state_dict, read_safetensors_header, save_state_dict
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .apply import adapter_configs, inject_state, model_lora_state, record_of
 from .state import ADAPTER_KEY, LoraState, split_state
 
@@ -140,7 +140,12 @@ def load_adapter(model: nn.Module, path: str | Path | LoraState, scale: float = 
 def parse_lora_spec(spec: str) -> tuple[str, float]:
     """'PATH[:SCALE]' -> (path, scale); a path may itself contain ':' (ms://...)."""
     m = _SPEC.match(spec)
-    return (m['path'], float(m['scale'])) if m else (spec, 1.0)
+    if m:
+        return m['path'], float(m['scale'])
+    head, _, scale = spec.rpartition(':')
+    if head and Path(head).is_file():  # FILE:SCALE whose scale is not a number
+        raise ConfigError(f"LoRA '{spec}': the scale '{scale}' after ':' is not a number (e.g. {head}:0.8)")
+    return spec, 1.0
 
 
 def apply_lora_files(model: nn.Module, specs: list[str], logger: logging.Logger | None = None) -> list[str]:
@@ -149,6 +154,11 @@ def apply_lora_files(model: nn.Module, specs: list[str], logger: logging.Logger 
     names: list[str] = []
     for spec in specs:
         path, scale = parse_lora_spec(spec)
-        names += load_adapter(model, path, scale=scale, trainable=False, logger=logger)
+        try:
+            names += load_adapter(model, path, scale=scale, trainable=False, logger=logger)
+        except CheckpointError as e:
+            if path in str(e):
+                raise
+            raise CheckpointError(f"LoRA '{path}': {e}") from e
     return names
 
