@@ -170,6 +170,17 @@ class BaseSolver(BaseObject):
         if self.cfg.TUNER:  # adapters go in before DDP wrapping and before the optimizer sees parameters
             from ..tuners import apply_tuners
             self.model = apply_tuners(self.model, self.cfg.TUNER, self.logger)
+        self._check_alignment()
+
+    def _check_alignment(self) -> None:
+        """Bucket sides (multiples of TRAIN_DATA.ALIGNMENT) must suit the model, or the first
+        odd-sized batch fails deep inside the backbone."""
+        data = self.datas.get('train')
+        align = data.cfg.get('ALIGNMENT') if data is not None else None
+        need = getattr(self.unwrapped_model, 'pixel_multiple', None)
+        if align and need and align % need:
+            raise ConfigError(f"'SOLVER.TRAIN_DATA.ALIGNMENT': {align} is not a multiple of {need}, the model's "
+                              f'VAE factor times its backbone downsampling; bucket sides must be (e.g. {need})')
 
     def construct_metrics(self) -> None:
         self.metrics = [METRICS.build(m, logger=self.logger) for m in self.cfg.METRICS or []]

@@ -115,3 +115,12 @@ def test_a_random_transform_keys_latents_by_pixels(tmp_path):
     random.attach_latent_probe(lambda keys: True)
     assert random.signature is None and random.latent_probe is None
     assert 'latent_key' not in random[(0, 0)] and 'image' in random.__getitems__([(0, 0)])[0]
+
+
+def test_an_alignment_the_model_cannot_take_is_refused_in_one_line(tmp_path):
+    from scepter_core.errors import ConfigError
+    from scepter_core.worker import build_solver
+    folder = make_folder(tmp_path / 'imgs', shapes=SHAPES[:2])
+    assert MODELS.build(frozen_text_model()).pixel_multiple == 8  # VAE factor 4 x one UNet downsampling
+    with pytest.raises(ConfigError, match=r"'SOLVER.TRAIN_DATA.ALIGNMENT': 4 is not a multiple of 8"):
+        build_solver(recipe(tmp_path, folder, None, 'odd', ALIGNMENT=4), 'train')

@@ -99,6 +99,14 @@ class LatentDiffusion(TrainModule):
         return diffusion
 
     @property
+    def pixel_multiple(self) -> int:
+        """What every training image side must be a multiple of: the VAE's factor times the
+        backbone's downsampling (a UNet's levels, a transformer's patch)."""
+        c = getattr(self.model, 'cfg', None) or self.cfg.DIFFUSION_MODEL  # the built backbone's, defaults filled
+        levels = len(c.get('CHANNEL_MULT') or [1]) - 1
+        return int(self.size_factor) * 2 ** levels * int(c.get('PATCH_SIZE') or 1)
+
+    @property
     def latent_channels(self) -> int:
         """Channels of the noise a sample starts from."""
         return self.cfg.DIFFUSION_MODEL.IN_CHANNELS
