@@ -55,6 +55,21 @@ def read_record(rec: dict) -> bytes:
     return read_bytes(rec['img_path'])
 
 
+def record_stat(rec: dict) -> str:
+    """The version of a record's file as its file system reports it (size, modification time,
+    ETag), with its place in the file: what FileIndex compares instead of reading the bytes."""
+    if 'tar_span' in rec:
+        path, place = rec['tar_span'][0], rec['tar_span'][1:]
+    elif 'parquet_row' in rec:
+        path, place = rec['parquet_row'][0], rec['parquet_row'][1:]
+    else:
+        path, place = rec['img_path'], ()
+    fs, p = url_to_fs(path)
+    info = fs.info(p)
+    return repr((info.get('size'), info.get('mtime', info.get('LastModified', info.get('created'))),
+                 info.get('ETag'), *place))
+
+
 def _url(fs, path: str) -> str:
     """`path` as a URL the same file system reopens (local paths stay plain)."""
     from fsspec.implementations.local import LocalFileSystem

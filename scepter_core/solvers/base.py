@@ -138,19 +138,29 @@ class BaseSolver(BaseObject):
 
     def after_solve(self) -> None:
         self.call_hooks('after_solve')
+        cache = getattr(self.unwrapped_model, 'latent_cache', None)
+        if cache is not None and cache.disk is not None:  # SOLVER.CACHE_DIR: the next run finds every row
+            cache.disk.close()
 
     # ---- construction -------------------------------------------------------------------
     def construct_data(self) -> None:
         keys = {'train': 'TRAIN_DATA', 'eval': 'EVAL_DATA', 'test': 'TEST_DATA'}
         for mode, key in keys.items():
             if mode in self._mode_set and self.cfg[key]:
-                self.datas[mode] = DATASETS.build(self.cfg[key], logger=self.logger)
+                self.datas[mode] = DATASETS.build(self.cfg[key], logger=self.logger, **self._data_extras(mode, key))
         if 'test' in self._mode_set and 'test' not in self.datas:
             raise ConfigError("'SOLVER.TEST_DATA': nothing to test: the recipe has no TEST_DATA block")
         if self.cfg.MAX_EPOCHS and self.cfg.MAX_EPOCHS > 0 and 'train' in self.datas:
             data = self.datas['train']
             per_step = data.cfg.BATCH_SIZE * we.world_size * self.step_settings.accu_step
             self.state.max_steps = math.ceil(self.cfg.MAX_EPOCHS * len(data) * self.cfg.NUM_FOLDS / per_step)
+
+    def _data_extras(self, mode: str, key: str) -> dict[str, Any]:
+        """A dataset that keeps a file index beside the latent cache gets its directory."""
+        takes = getattr(DATASETS.get(self.cfg[key].NAME), 'takes_cache_dir', False)
+        if mode == 'train' and takes and self.cfg.CACHE_LATENTS and self.cfg.CACHE_DIR:
+            return {'cache_dir': self.cfg.CACHE_DIR}
+        return {}
 
     def construct_model(self) -> None:
         self.model = MODELS.build(self.cfg.MODEL, logger=self.logger)
@@ -164,6 +174,17 @@ class BaseSolver(BaseObject):
         if self.cfg.TUNER:  # adapters go in before DDP wrapping and before the optimizer sees parameters
             from ..tuners import apply_tuners
             self.model = apply_tuners(self.model, self.cfg.TUNER, self.logger)
+        self._check_alignment()
+
+    def _check_alignment(self) -> None:
+        """Bucket sides (multiples of TRAIN_DATA.ALIGNMENT) must suit the model, or the first
+        odd-sized batch fails deep inside the backbone."""
+        data = self.datas.get('train')
+        align = data.cfg.get('ALIGNMENT') if data is not None else None
+        need = getattr(self.unwrapped_model, 'pixel_multiple', None)
+        if align and need and align % need:
+            raise ConfigError(f"'SOLVER.TRAIN_DATA.ALIGNMENT': {align} is not a multiple of {need}, the model's "
+                              f'VAE factor times its backbone downsampling; bucket sides must be (e.g. {need})')
 
     def construct_metrics(self) -> None:
         self.metrics = [METRICS.build(m, logger=self.logger) for m in self.cfg.METRICS or []]

@@ -15,6 +15,7 @@ import torch
 from ...checkpoint import LoadReport, load_into, matches_any
 from ...config import Config
 from ...env import we
+from ...errors import ScepterError
 from ...registry import BACKBONES, DIFFUSIONS, EMBEDDERS, LOSSES, MODELS, TOKENIZERS
 from ..base import TrainModule, weights_constant
 
@@ -98,6 +99,14 @@ class LatentDiffusion(TrainModule):
         return diffusion
 
     @property
+    def pixel_multiple(self) -> int:
+        """What every training image side must be a multiple of: the VAE's factor times the
+        backbone's downsampling (a UNet's levels, a transformer's patch)."""
+        c = getattr(self.model, 'cfg', None) or self.cfg.DIFFUSION_MODEL  # the built backbone's, defaults filled
+        levels = len(c.get('CHANNEL_MULT') or [1]) - 1
+        return int(self.size_factor) * 2 ** levels * int(c.get('PATCH_SIZE') or 1)
+
+    @property
     def latent_channels(self) -> int:
         """Channels of the noise a sample starts from."""
         return self.cfg.DIFFUSION_MODEL.IN_CHANNELS
@@ -134,7 +143,9 @@ class LatentDiffusion(TrainModule):
         trainable = any(p.requires_grad for p in self.first_stage_model.parameters())
         with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
             if self.latent_cache is not None and not trainable:  # SOLVER.CACHE_LATENTS
-                z = self.latent_cache.encode_images(self.first_stage_model, image)
+                z = self.latent_cache.encode_images(self.first_stage_model, image, kwargs.get('latent_key'))
+            elif image is None:
+                raise ScepterError("the batch has no 'image' (its latents come from a cache: set SOLVER.CACHE_LATENTS)")
             else:
                 z = self.first_stage_model.encode(image)
         if float(self.scale_factor) == 0.0:  # SCALE_FACTOR null: unit-variance latents, fixed once
@@ -203,7 +214,8 @@ class LatentDiffusion(TrainModule):
         context = {}
         if prompt and self.cond_stage_model is not None:
             prompt = [self.train_n_prompt if random.random() < self.p_zero else p for p in prompt]
-            context = self.condition(prompt, kwargs, tuple(image.shape[-2:]), train=True)
+            size = image.shape[-2:] if image is not None else [d * self.size_factor for d in x_start.shape[-2:]]
+            context = self.condition(prompt, kwargs, tuple(size), train=True)
         loss = self.diffusion.loss(x0=x_start, t=t, model=self.model, model_kwargs=self.model_inputs(context),
                                    noise=noise, loss_fn=self.loss)
         return {'loss': loss.mean(), 'probe_data': {'prompt': prompt}}
