@@ -19,12 +19,15 @@ from torch import nn
 
 from ..checkpoint import load_state_dict, read_safetensors_header, save_state_dict
 from ..errors import CheckpointError
+from ..convert.fused_map import Entry
 from .apply import model_lora_state, record_of
+from .fused_lora import backbone_entries, fuse_lora, split_lora
 from .state import LoraState, ModuleLora, block_for, flatten, group
 
 UNET, TEXT = 'model.', 'cond_stage_model.transformer.'
 OWN_NAMED = ('Flux', 'MMDiT')
 COMFY = 'diffusion_model.'
+FLOW = 'transformer.'  # diffusers' component of the flow transformers
 COMPONENTS = (UNET, 'cond_stage_model.')   # one adapter per component on import
 DIFFUSERS_METADATA = 'lora_adapter_metadata'
 
@@ -174,32 +177,53 @@ def import_kohya(path: str | Path, model: nn.Module) -> LoraState:
 
 # ---- diffusers / peft ---------------------------------------------------------------------
 
-def _diffusers_config(entries: dict[str, ModuleLora], names: dict[str, str], prefix: str) -> dict:
+def _diffusers_config(rel: dict[str, ModuleLora]) -> dict:
     """LoraConfig fields for one diffusers component, names relative to it (the text
     encoder's without `text_model.`, which transformers 5 no longer nests)."""
-    rel = {names[m].removeprefix(prefix).removeprefix('text_model.'): e for m, e in entries.items()}
+    rel = {n.removeprefix('text_model.'): e for n, e in rel.items()}
     block = block_for(rel)
     return {'r': block['R'], 'lora_alpha': block['LORA_ALPHA'], 'use_dora': block['USE_DORA'],
             'target_modules': sorted(rel), 'rank_pattern': block['RANK_PATTERN'],
             'alpha_pattern': block['ALPHA_PATTERN']}
 
 
+def _flow_diffusers_names(backbone: nn.Module) -> dict[str, tuple[Entry, str]]:
+    """diffusers name (`transformer.*`) -> (the table entry of our fused / renamed layer, its piece)."""
+    return {FLOW + t: (entry, t) for entry in backbone_entries(backbone).values() for t in entry.theirs}
+
+
+def _to_diffusers(model: nn.Module, flat: dict[str, ModuleLora]) -> dict[str, ModuleLora]:
+    """Our adapters -> diffusers module name -> adapter (a fused layer's split into its pieces)."""
+    backbone = own_named_backbone(model)
+    if backbone is None:
+        names = diffusers_names(model)
+        return {_name_of(names, m, 'diffusers'): e for m, e in flat.items()}
+    table = backbone_entries(backbone)
+    out: dict[str, ModuleLora] = {}
+    for module, e in flat.items():
+        rel = module.removeprefix(UNET)
+        if not module.startswith(UNET) or rel not in table:
+            raise CheckpointError(f"'{module}' has no diffusers name: the diffusers layout of "
+                                  f"{type(backbone).__name__} covers the transformer's layers only")
+        out.update({FLOW + n: piece for n, piece in split_lora(table[rel], e).items()})
+    return out
+
+
 def export_peft_diffusers(model: nn.Module, path: str | Path, source: LoraState | None = None) -> Path:
     """Write the model's adapters (or `source`) in the diffusers/peft LoRA format
-    (`pipeline.load_lora_weights` reads it)."""
-    flat = _flat_lora(model, source)
-    names = diffusers_names(model)
+    (`pipeline.load_lora_weights` reads it; FLUX / SD3: `transformer.*`, fused layers split)."""
+    theirs = _to_diffusers(model, _flat_lora(model, source))
     sd: dict[str, torch.Tensor] = {}
     by_component: dict[str, dict[str, ModuleLora]] = {}
-    for module, e in flat.items():
-        n = _name_of(names, module, 'diffusers')
+    for n, e in theirs.items():
         sd.update({f'{n}.lora_A.weight': e.down, f'{n}.lora_B.weight': e.up})
         if e.magnitude is not None:
             sd[f'{n}.lora_magnitude_vector.weight'] = e.magnitude
-        by_component.setdefault(n.split('.', 1)[0] + '.', {})[module] = e
+        component, rel = n.split('.', 1)
+        by_component.setdefault(component + '.', {})[rel] = e
     meta = {}
-    for prefix, entries in by_component.items():
-        meta.update({prefix + k: v for k, v in _diffusers_config(entries, names, prefix).items()})
+    for prefix, rel in by_component.items():
+        meta.update({prefix + k: v for k, v in _diffusers_config(rel).items()})
     save_state_dict(sd, path, metadata={'format': 'pt', DIFFUSERS_METADATA: json.dumps(meta, sort_keys=True),
                                         'scepter_base_hash': record_of(model).base_hash})
     return Path(path)
@@ -227,7 +251,8 @@ def import_peft_diffusers(path: str | Path, model: nn.Module) -> LoraState:
     """A diffusers/peft LoRA file -> LoraState in our names."""
     sd = load_state_dict(path)
     meta = json.loads(_file_metadata(path).get(DIFFUSERS_METADATA) or '{}')
-    lookup = {d: o for o, d in diffusers_names(model).items()}
+    backbone = own_named_backbone(model)
+    lookup = {d: o for o, d in diffusers_names(model).items()} if backbone is None else _flow_diffusers_names(backbone)
     # Files written against transformers 5 may name the text encoder without `text_model.`.
     lookup.update({'text_encoder.' + d.removeprefix('text_encoder.text_model.'): o for d, o in list(lookup.items())
                    if d.startswith('text_encoder.text_model.')})
@@ -247,6 +272,21 @@ def import_peft_diffusers(path: str | Path, model: nn.Module) -> LoraState:
                                  int(down.shape[0]), sd.get(f'{name}.alpha'))
         flat[lookup[name]] = ModuleLora(down, sd[f'{name}.lora_B.weight'], alpha,
                                         sd.get(f'{name}.lora_magnitude_vector.weight'))
+    if backbone is not None:
+        flat = _fuse(backbone, flat)
     state = group(flat, COMPONENTS)
     state.metadata = {'base_hash': _file_metadata(path).get('scepter_base_hash', '')}
     return state
+
+
+def _fuse(backbone: nn.Module, pieces: dict[tuple[Entry, str], ModuleLora]) -> dict[str, ModuleLora]:
+    """Adapters on diffusers' pieces -> adapters on our layers."""
+    by_layer: dict[Entry, dict[str, ModuleLora]] = {}
+    for (entry, piece), e in pieces.items():
+        by_layer.setdefault(entry, {})[piece] = e
+    out = {}
+    for entry, found in by_layer.items():
+        layer = backbone.get_submodule(entry.ours)
+        shape = getattr(layer, 'base_layer', layer).weight.shape
+        out[UNET + entry.ours] = fuse_lora(entry, found, shape)
+    return out

@@ -180,6 +180,7 @@ class LatentCache:
         self.hits = self.misses = 0
         self._digests: dict[int, str] = {}
         self._layouts: dict[Hashable, torch.memory_format] = {}
+        self._text_fields: dict[Hashable, tuple[str, ...] | None] = {}
         self._full = False
 
     def model_digest(self, module: nn.Module) -> str:
@@ -270,7 +271,22 @@ class LatentCache:
             return encode(prompts)  # a text encoder that trains changes at every step
         scope = ('text', self.model_digest(embedder), compute_dtype(embedder))
         device = next(embedder.parameters()).device
-        return self.lookup(scope, list(prompts), lambda idx: encode([prompts[i] for i in idx]), device)
+        runs: dict[tuple[int, ...], Any] = {}
+
+        def run(idx: list[int]) -> Any:  # one encoder pass per distinct set of missing prompts
+            if tuple(idx) not in runs:
+                runs[tuple(idx)] = encode([prompts[i] for i in idx])
+            return runs[tuple(idx)]
+        # A dict of conditions (the flow embedders declare its keys, so a run that finds every
+        # row on disk runs no encoder) or one tensor.
+        fields = getattr(embedder, 'output_fields', None)
+        if fields is None and scope not in self._text_fields:
+            out = run(list(range(len(prompts))))
+            self._text_fields[scope] = tuple(out) if isinstance(out, dict) else None
+        fields = fields or self._text_fields[scope]
+        if fields is None:
+            return self.lookup(scope, list(prompts), run, device)
+        return {f: self.lookup(scope + (f,), list(prompts), lambda idx, f=f: run(idx)[f], device) for f in fields}
 
 
 def enable_latent_cache(model: nn.Module, max_mb: float, logger: logging.Logger,
