@@ -1,6 +1,7 @@
 """The Studio's Data and Models tabs in a real headless Chromium: the bucket table of a folder
 holds the numbers `scepter data inspect` prints; Convert writes a checkpoint in another format
-and Convert with a LoRA merges it, and both written files load with the expected weights."""
+and Convert with a LoRA merges it, and both written files load with the expected weights.
+Runs after test_browser.py (same browser and server) and retakes the Data and Models shots."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from PIL import Image  # noqa: E402
 from e2e.conftest import run_cli  # noqa: E402
 from scepter_core.inference import build_model  # noqa: E402
 
-from .test_browser import _tab, _type, _until, _value, _wait  # noqa: E402
+from .test_browser import _shot, _tab, _type, _until, _value, _wait  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -47,6 +48,8 @@ def test_data_tab_shows_the_bucket_table_of_scepter_data_inspect(page, studio_ro
     assert cli['images'] == 6 and cli['bad'] == 2 and cli['no_caption'] == 1
     _tab(page, 'data')
     _type(page, '#data_folder textarea', 'shapes')
+    _wait(page, '#data_open')[0].click()
+    _wait(page, '#data_gallery img', count=6)  # the readable images (the broken ones show no thumbnail)
     _type(page, '#data_resolution input', '64')
     _type(page, '#data_alignment input', '16')
     _wait(page, '#data_inspect')[0].click()
@@ -59,6 +62,7 @@ def test_data_tab_shows_the_bucket_table_of_scepter_data_inspect(page, studio_ro
     assert rows == [[f"{b['size'][0]} x {b['size'][1]}", f"{b['size'][1] / b['size'][0]:.2f}", str(b['count']),
                      f"{b['count'] / total:.1%}"] for b in cli['buckets']]
     assert 'zero.png' in text and 'text.png' in text
+    _shot(page, 'data')  # the README's Data tab: the folder's thumbnails and its bucket table
 
 
 def _tiny_lora(studio_root):
@@ -109,3 +113,4 @@ def test_models_tab_converts_and_merges_a_lora_into_files_that_load(page, studio
     moved = [k for k in want if 'to_q' in k and k in got and not torch.equal(got[k], expected[k])]
     assert moved  # the LoRA changed the attention weights
     assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want if k in got)
+    _shot(page, 'models')
