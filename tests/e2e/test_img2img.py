@@ -1,0 +1,120 @@
+"""img2img and the SDXL refiner through `scepter infer`, against diffusers' img2img pipelines on
+the same tiny random weights (the folders of test_families.py), same seed, steps and guidance:
+StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline (base, and a refiner: bigG
+alone, aesthetic score) and base -> refiner (denoising_end / denoising_start)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scepter_core.families import detect_family
+from scepter_core.utils.images import parse_parameters, read_parameters
+
+from .conftest import run_cli
+from .test_families import _random, _scheduler, _text, _tokenizer, _vae, sd15_pipeline, sdxl_pipeline
+
+PROMPT = 'a red circle on a white background'
+SEED, STEPS, STRENGTH = 7, 4, 0.5  # 4 trailing steps of 1000: diffusers' strided DDIM steps are the grid's
+# 1/255: both sides agree to float32 rounding (~1e-6) before our PNG is rounded to 8 bits.
+TOL = 1
+
+
+def _init_png(path: Path, h: int, w: int) -> Path:
+    """A picture to start from: a disc on a gradient (not a flat fill, so the encoder sees structure)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx / w, yy / h, 0.5 + 0 * xx], -1) * 255
+    rgb[(yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (min(h, w) / 3) ** 2] = (230, 40, 30)
+    Image.fromarray(rgb.astype(np.uint8)).save(path)
+    return path
+
+
+def _refiner(base) -> object:
+    """An SDXL refiner's structure at tiny sizes: the base's bigG-like encoder alone (text_encoder_2),
+    the UNet's add_embedding over [pooled | original size, crop, aesthetic score], the base's VAE."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    unet = _random(UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, in_channels=4, out_channels=4, norm_num_groups=32,
+        sample_size=8, down_block_types=('DownBlock2D', 'CrossAttnDownBlock2D'),
+        up_block_types=('CrossAttnUpBlock2D', 'UpBlock2D'), cross_attention_dim=24, attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type='text_time', addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=16 + 5 * 8), 11)
+    return StableDiffusionXLImg2ImgPipeline(vae=base.vae, text_encoder=None, text_encoder_2=_text(24, 'gelu', 16, 12),
+                                            tokenizer=None, tokenizer_2=_tokenizer('!'), unet=unet,
+                                            scheduler=_scheduler(), requires_aesthetics_score=True,
+                                            force_zeros_for_empty_prompt=False)
+
+
+def _generator() -> torch.Generator:
+    return torch.Generator().manual_seed(SEED)
+
+
+def _ours(weights: Path, out: Path, guidance: float, *args: str) -> tuple[np.ndarray, dict]:
+    proc = run_cli('infer', '--pretrained-model', str(weights), '--out', str(out), '--prompt', PROMPT,
+                   '--steps', str(STEPS), '--seed', str(SEED), '--guide-scale', str(guidance), '--sampler', 'ddim',
+                   *args)
+    assert 'initialised afresh' not in proc.stderr, proc.stderr  # no layer missing from the weights
+    png = out / '00000.png'
+    return np.asarray(Image.open(png).convert('RGB')).astype(float), parse_parameters(read_parameters(png))[2]
+
+
+@pytest.mark.parametrize('family', ['sd15', 'sdxl'])
+def test_img2img_as_diffusers(family: str, tmp_path: Path):
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+    torch.manual_seed(0)
+    base = sd15_pipeline() if family == 'sd15' else sdxl_pipeline()
+    folder = tmp_path / family
+    base.save_pretrained(str(folder))
+    init = _init_png(tmp_path / 'init.png', 24, 32)
+    cls = StableDiffusionImg2ImgPipeline if family == 'sd15' else StableDiffusionXLImg2ImgPipeline
+    extra = {'requires_safety_checker': False} if family == 'sd15' else {'force_zeros_for_empty_prompt': True}
+    pipe = cls(**base.components, **extra)
+    guidance = 7.5 if family == 'sd15' else 5.0
+    with torch.no_grad():
+        ref = pipe(PROMPT, image=Image.open(init), strength=STRENGTH, num_inference_steps=STEPS,
+                   guidance_scale=guidance, generator=_generator(), output_type='np').images[0] * 255
+    ours, params = _ours(folder, tmp_path / 'out', guidance, '--init-image', str(init), '--strength', str(STRENGTH))
+    assert ours.shape == ref.shape == (24, 32, 3)  # the init image's size
+    assert ref.std() > 5
+    assert np.abs(ours - ref).max() <= TOL
+    assert params['Init image'] == str(init) and float(params['Denoising strength']) == STRENGTH
+
+
+def test_refiner_img2img_and_base_to_refiner(tmp_path: Path):
+    """A refiner folder (and the same weights as an SGM single file) runs with no recipe as
+    diffusers' refiner pipeline; base -> refiner through `--refiner` equals diffusers'
+    denoising_end / denoising_start hand-over."""
+    torch.manual_seed(0)
+    base = sdxl_pipeline()
+    refiner = _refiner(base)
+    base_dir, refiner_dir = tmp_path / 'sdxl', tmp_path / 'refiner'
+    base.save_pretrained(str(base_dir))
+    refiner.save_pretrained(str(refiner_dir))
+    assert detect_family(refiner_dir) == 'sdxl-refiner'
+    init = _init_png(tmp_path / 'init.png', 16, 24)
+    with torch.no_grad():
+        ref = refiner(PROMPT, image=Image.open(init), strength=STRENGTH, num_inference_steps=STEPS,
+                      guidance_scale=5.0, generator=_generator(), output_type='np').images[0] * 255
+        latents = base(PROMPT, num_inference_steps=STEPS, guidance_scale=5.0, height=16, width=24,
+                       denoising_end=0.6, generator=_generator(), output_type='latent').images
+        chain = refiner(PROMPT, image=latents, num_inference_steps=STEPS, guidance_scale=5.0, denoising_start=0.6,
+                        generator=_generator(), output_type='np').images[0] * 255
+    ours, _ = _ours(refiner_dir, tmp_path / 'a', 5.0, '--init-image', str(init), '--strength', str(STRENGTH))
+    assert ref.std() > 5 and np.abs(ours - ref).max() <= TOL
+
+    ours, params = _ours(base_dir, tmp_path / 'b', 5.0, '--size', '16', '24', '--refiner', str(refiner_dir),
+                         '--refiner-switch', '0.6')
+    assert chain.std() > 5 and np.abs(ours - chain).max() <= TOL
+    assert params['Refiner'] == str(refiner_dir) and float(params['Refiner switch at']) == 0.6
+
+    single = tmp_path / 'refiner.safetensors'
+    run_cli('convert', str(refiner_dir), str(single), '--to', 'ldm')
+    assert detect_family(single) == 'sdxl-refiner'
+    heads = ['SOLVER.MODEL.DIFFUSION_MODEL.NUM_HEAD_CHANNELS=16',
+             'SOLVER.MODEL.COND_STAGE_MODEL.EMBEDDERS.0.CONFIG.num_attention_heads=2']
+    ours, _ = _ours(single, tmp_path / 'c', 5.0, '--init-image', str(init), '--strength', str(STRENGTH),
+                    *[x for s in heads for x in ('--set', s)])
+    assert np.abs(ours - ref).max() <= TOL
