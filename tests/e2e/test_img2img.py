@@ -15,7 +15,7 @@ from scepter_core.families import detect_family
 from scepter_core.utils.images import parse_parameters, read_parameters
 
 from .conftest import run_cli
-from .test_families import _random, _scheduler, _text, _tokenizer, _vae, sd15_pipeline, sdxl_pipeline
+from .test_families import _random, _scheduler, _text, _tokenizer, sd15_pipeline, sdxl_pipeline
 
 PROMPT = 'a red circle on a white background'
 SEED, STEPS, STRENGTH = 7, 4, 0.5  # 4 trailing steps of 1000: diffusers' strided DDIM steps are the grid's
