@@ -143,7 +143,7 @@ class SamplingMixin:
         ts, sigmas = self.sampler_sigmas(steps, discretization, t_max, t_min, discard_penultimate_step,
                                          getattr(fn, 'discrete_timesteps', False),
                                          ref.shape if ref is not None else torch.Size())
-        start = strength_start(len(sigmas), denoising_strength) if x is not None else 0
+        start = strength_start(len(sigmas), denoising_strength, self.SPACE == 'flow') if x is not None else 0
         start, end = split_at(ts, self.num_timesteps, start, len(sigmas) - 1, denoising_start, denoising_end,
                               x is not None)
         sigmas = sigmas[start:end + 1]

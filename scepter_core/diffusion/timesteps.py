@@ -64,14 +64,15 @@ def karras_sigmas(sigmas: torch.Tensor, rho: float = 7.0) -> torch.Tensor:
     return torch.cat([out, sigmas.new_zeros(len(sigmas) - n)])
 
 
-def strength_start(num_sigmas: int, strength: float) -> int:
+def strength_start(num_sigmas: int, strength: float, flow: bool = False) -> int:
     """Index into a grid of `num_sigmas` (last one 0) where img2img begins: it runs
-    int(steps * strength) steps, at least one (diffusers' img2img rule)."""
+    int(steps * strength) steps (diffusers' SD / SDXL img2img rule), or with `flow` skips
+    int(steps - steps * strength) (its FLUX / SD3 img2img rule); at least one step."""
     if not 0.0 < strength <= 1.0:
         raise ConfigError(f'denoising_strength: expected a value in (0, 1], got {strength}')
     steps = num_sigmas - 1
-    run = min(max(int(steps * strength), 1), steps)
-    return steps - run
+    run = steps - int(steps - steps * strength) if flow else int(steps * strength)
+    return steps - min(max(run, 1), steps)
 
 
 def split_at(ts: torch.Tensor | None, num_timesteps: int, start: int, last: int, denoising_start: float | None,

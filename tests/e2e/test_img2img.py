@@ -118,3 +118,26 @@ def test_refiner_img2img_and_base_to_refiner(tmp_path: Path):
     ours, _ = _ours(single, tmp_path / 'c', 5.0, '--init-image', str(init), '--strength', str(STRENGTH),
                     *[x for s in heads for x in ('--set', s)])
     assert np.abs(ours - ref).max() <= TOL
+
+
+def test_flux_img2img_as_diffusers(tmp_path: Path):
+    """FLUX (a flow schedule): FluxImg2ImgPipeline's start (it skips int(steps - steps * strength)
+    of the shifted sigmas) and its scale_noise, from the same seed."""
+    from diffusers import FluxImg2ImgPipeline
+
+    from .test_flux_pipeline import tiny_flux_folder
+    folder = tiny_flux_folder(tmp_path, guidance=False)
+    init = _init_png(tmp_path / 'init.png', 32, 48)
+    strength = 0.6  # 4 * 0.6 = 2.4: 3 steps by the flow pipelines' rule, 2 by SD's
+    with torch.no_grad():
+        ref = FluxImg2ImgPipeline.from_pretrained(str(folder))(
+            PROMPT, image=Image.open(init), height=32, width=48, strength=strength, num_inference_steps=STEPS,
+            guidance_scale=0.0,
+            max_sequence_length=256, generator=_generator(), output_type='np').images[0] * 255
+    proc = run_cli('infer', '--pretrained-model', str(folder), '--out', str(tmp_path / 'out'), '--prompt', PROMPT,
+                   '--steps', str(STEPS), '--seed', str(SEED), '--guide-scale', '0', '--init-image', str(init),
+                   '--strength', str(strength), timeout=600)
+    assert 'initialised afresh' not in proc.stderr, proc.stderr
+    ours = np.asarray(Image.open(tmp_path / 'out' / '00000.png').convert('RGB')).astype(float)
+    assert ours.shape == ref.shape == (32, 48, 3) and ref.std() > 5
+    assert np.abs(ours - ref).max() <= TOL
