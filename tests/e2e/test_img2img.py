@@ -52,17 +52,25 @@ def _generator() -> torch.Generator:
     return torch.Generator().manual_seed(SEED)
 
 
-def _ours(weights: Path, out: Path, guidance: float, *args: str) -> tuple[np.ndarray, dict]:
-    proc = run_cli('infer', '--pretrained-model', str(weights), '--out', str(out), '--prompt', PROMPT,
-                   '--steps', str(STEPS), '--seed', str(SEED), '--guide-scale', str(guidance), '--sampler', 'ddim',
-                   *args)
-    assert 'initialised afresh' not in proc.stderr, proc.stderr  # no layer missing from the weights
+def _ours(weights: Path, out: Path, guidance: float, *args: str, log=None) -> tuple[np.ndarray, dict]:
+    """`scepter infer` as a subprocess, or (with `log`, pytest's caplog) the same command line
+    through the CLI's main() in this process: the subprocess's imports cost ~45 s on a loaded
+    2-core machine."""
+    argv = ['infer', '--pretrained-model', str(weights), '--out', str(out), '--prompt', PROMPT, '--steps', str(STEPS),
+            '--seed', str(SEED), '--guide-scale', str(guidance), '--sampler', 'ddim', *args]
+    if log is None:
+        stderr = run_cli(*argv).stderr
+    else:
+        from scepter_cli.main import main
+        assert main(argv) == 0
+        stderr = log.text
+    assert 'initialised afresh' not in stderr, stderr  # no layer missing from the weights
     png = out / '00000.png'
     return np.asarray(Image.open(png).convert('RGB')).astype(float), parse_parameters(read_parameters(png))[2]
 
 
 @pytest.mark.parametrize('family', ['sd15', 'sdxl'])
-def test_img2img_as_diffusers(family: str, tmp_path: Path):
+def test_img2img_as_diffusers(family: str, tmp_path: Path, caplog):
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
     torch.manual_seed(0)
     base = sd15_pipeline() if family == 'sd15' else sdxl_pipeline()
@@ -76,14 +84,15 @@ def test_img2img_as_diffusers(family: str, tmp_path: Path):
     with torch.no_grad():
         ref = pipe(PROMPT, image=Image.open(init), strength=STRENGTH, num_inference_steps=STEPS,
                    guidance_scale=guidance, generator=_generator(), output_type='np').images[0] * 255
-    ours, params = _ours(folder, tmp_path / 'out', guidance, '--init-image', str(init), '--strength', str(STRENGTH))
+    ours, params = _ours(folder, tmp_path / 'out', guidance, '--init-image', str(init), '--strength', str(STRENGTH),
+                         log=caplog if family == 'sdxl' else None)
     assert ours.shape == ref.shape == (24, 32, 3)  # the init image's size
     assert ref.std() > 5
     assert np.abs(ours - ref).max() <= TOL
     assert params['Init image'] == str(init) and float(params['Denoising strength']) == STRENGTH
 
 
-def test_refiner_img2img_and_base_to_refiner(tmp_path: Path):
+def test_refiner_img2img_and_base_to_refiner(tmp_path: Path, caplog):
     """A refiner folder (and the same weights as an SGM single file) runs with no recipe as
     diffusers' refiner pipeline; base -> refiner through `--refiner` equals diffusers'
     denoising_end / denoising_start hand-over."""
@@ -102,7 +111,8 @@ def test_refiner_img2img_and_base_to_refiner(tmp_path: Path):
                        denoising_end=0.6, generator=_generator(), output_type='latent').images
         chain = refiner(PROMPT, image=latents, num_inference_steps=STEPS, guidance_scale=5.0, denoising_start=0.6,
                         generator=_generator(), output_type='np').images[0] * 255
-    ours, _ = _ours(refiner_dir, tmp_path / 'a', 5.0, '--init-image', str(init), '--strength', str(STRENGTH))
+    ours, _ = _ours(refiner_dir, tmp_path / 'a', 5.0, '--init-image', str(init), '--strength', str(STRENGTH),
+                    log=caplog)
     assert ref.std() > 5 and np.abs(ours - ref).max() <= TOL
 
     ours, params = _ours(base_dir, tmp_path / 'b', 5.0, '--size', '16', '24', '--refiner', str(refiner_dir),
@@ -110,17 +120,18 @@ def test_refiner_img2img_and_base_to_refiner(tmp_path: Path):
     assert chain.std() > 5 and np.abs(ours - chain).max() <= TOL
     assert params['Refiner'] == str(refiner_dir) and float(params['Refiner switch at']) == 0.6
 
+    from scepter_cli.main import main
     single = tmp_path / 'refiner.safetensors'
-    run_cli('convert', str(refiner_dir), str(single), '--to', 'ldm')
+    assert main(['convert', str(refiner_dir), str(single), '--to', 'ldm']) == 0
     assert detect_family(single) == 'sdxl-refiner'
     heads = ['SOLVER.MODEL.DIFFUSION_MODEL.NUM_HEAD_CHANNELS=16',
              'SOLVER.MODEL.COND_STAGE_MODEL.EMBEDDERS.0.CONFIG.num_attention_heads=2']
     ours, _ = _ours(single, tmp_path / 'c', 5.0, '--init-image', str(init), '--strength', str(STRENGTH),
-                    *[x for s in heads for x in ('--set', s)])
+                    *[x for s in heads for x in ('--set', s)], log=caplog)
     assert np.abs(ours - ref).max() <= TOL
 
 
-def test_flux_img2img_as_diffusers(tmp_path: Path):
+def test_flux_img2img_as_diffusers(tmp_path: Path, caplog):
     """FLUX (a flow schedule): FluxImg2ImgPipeline's start (it skips int(steps - steps * strength)
     of the shifted sigmas) and its scale_noise, from the same seed."""
     from diffusers import FluxImg2ImgPipeline
@@ -134,10 +145,11 @@ def test_flux_img2img_as_diffusers(tmp_path: Path):
             PROMPT, image=Image.open(init), height=32, width=48, strength=strength, num_inference_steps=STEPS,
             guidance_scale=0.0,
             max_sequence_length=256, generator=_generator(), output_type='np').images[0] * 255
-    proc = run_cli('infer', '--pretrained-model', str(folder), '--out', str(tmp_path / 'out'), '--prompt', PROMPT,
-                   '--steps', str(STEPS), '--seed', str(SEED), '--guide-scale', '0', '--init-image', str(init),
-                   '--strength', str(strength), timeout=600)
-    assert 'initialised afresh' not in proc.stderr, proc.stderr
+    from scepter_cli.main import main
+    assert main(['infer', '--pretrained-model', str(folder), '--out', str(tmp_path / 'out'), '--prompt', PROMPT,
+                 '--steps', str(STEPS), '--seed', str(SEED), '--guide-scale', '0', '--init-image', str(init),
+                 '--strength', str(strength)]) == 0
+    assert 'initialised afresh' not in caplog.text, caplog.text
     ours = np.asarray(Image.open(tmp_path / 'out' / '00000.png').convert('RGB')).astype(float)
     assert ours.shape == ref.shape == (32, 48, 3) and ref.std() > 5
     assert np.abs(ours - ref).max() <= TOL
