@@ -241,6 +241,17 @@ def sample_args_from_parameters(text: str) -> tuple[str, str | None, dict[str, A
     return prompt, n_prompt or None, {k: v for k, v in args.items() if v is not None}, s.get('LoRA', '').split()
 
 
+def _check_img2img(sample_overrides: dict[str, Any], refiner: str | None, refiner_switch: float) -> None:
+    from .errors import ScepterError
+    strength = sample_overrides.get('STRENGTH')
+    if strength is not None and not 0.0 < float(strength) <= 1.0:
+        raise ScepterError(f'--strength: expected a value in (0, 1], got {strength}')
+    if refiner is not None and not 0.0 < float(refiner_switch) < 1.0:
+        raise ScepterError(f'--refiner-switch: expected a value in (0, 1), got {refiner_switch}')
+    if sample_overrides.get('INIT_IMAGE'):
+        load_init_image(sample_overrides['INIT_IMAGE'])
+
+
 def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: str, n_prompt: str | None = None,
                     cfg_path: str | None = None, overrides: list[str] = (), imports: list[str] = (),
                     lora: list[str] = (), sample_overrides: dict[str, Any] | None = None,
@@ -251,6 +262,7 @@ def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: s
     diffusers' ensemble of expert denoisers): the model runs the timesteps above
     T - refiner_switch * T and stops (denoising_end); the refiner, built once the model is
     freed, runs the rest from its latents (denoising_start) with the same sampling settings."""
+    _check_img2img(sample_overrides or {}, refiner, refiner_switch)  # before minutes of model loading
     model, cfg = prepare_model(pretrained_model, cfg_path, overrides, imports, lora, logger)
     if refiner is None:
         outs, args = sample_images(model, cfg, prompts, n_prompt, sample_overrides)

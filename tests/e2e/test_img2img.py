@@ -1,7 +1,9 @@
 """img2img and the SDXL refiner through `scepter infer`, against diffusers' img2img pipelines on
-the same tiny random weights (the folders of test_families.py), same seed, steps and guidance:
-StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline (base, and a refiner: bigG
-alone, aesthetic score) and base -> refiner (denoising_end / denoising_start)."""
+the same tiny random weights (the folders of test_families.py, test_flux_pipeline.py and
+test_sd3_pipeline.py), same seed, steps and guidance: StableDiffusionImg2ImgPipeline (SD1.5,
+SD2-v), StableDiffusionXLImg2ImgPipeline (base, and a refiner: bigG alone, aesthetic score),
+base -> refiner (denoising_end / denoising_start), FluxImg2ImgPipeline and
+StableDiffusion3Img2ImgPipeline."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +17,7 @@ from scepter_core.families import detect_family
 from scepter_core.utils.images import parse_parameters, read_parameters
 
 from .conftest import run_cli
-from .test_families import _random, _scheduler, _text, _tokenizer, sd15_pipeline, sdxl_pipeline
+from .test_families import _random, _scheduler, _text, _tokenizer, sd2v_pipeline, sd15_pipeline, sdxl_pipeline
 
 PROMPT = 'a red circle on a white background'
 SEED, STEPS, STRENGTH = 7, 4, 0.5  # 4 trailing steps of 1000: diffusers' strided DDIM steps are the grid's
@@ -69,23 +71,24 @@ def _ours(weights: Path, out: Path, guidance: float, *args: str, log=None) -> tu
     return np.asarray(Image.open(png).convert('RGB')).astype(float), parse_parameters(read_parameters(png))[2]
 
 
-@pytest.mark.parametrize('family', ['sd15', 'sdxl'])
+@pytest.mark.parametrize('family', ['sd15', 'sd21v', 'sdxl'])
 def test_img2img_as_diffusers(family: str, tmp_path: Path, caplog):
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
     torch.manual_seed(0)
-    base = sd15_pipeline() if family == 'sd15' else sdxl_pipeline()
+    base = {'sd15': sd15_pipeline, 'sd21v': sd2v_pipeline, 'sdxl': sdxl_pipeline}[family]()
     folder = tmp_path / family
     base.save_pretrained(str(folder))
     init = _init_png(tmp_path / 'init.png', 24, 32)
-    cls = StableDiffusionImg2ImgPipeline if family == 'sd15' else StableDiffusionXLImg2ImgPipeline
-    extra = {'requires_safety_checker': False} if family == 'sd15' else {'force_zeros_for_empty_prompt': True}
+    sd = not family.startswith('sdxl')
+    cls = StableDiffusionImg2ImgPipeline if sd else StableDiffusionXLImg2ImgPipeline
+    extra = {'requires_safety_checker': False} if sd else {'force_zeros_for_empty_prompt': True}
     pipe = cls(**base.components, **extra)
-    guidance = 7.5 if family == 'sd15' else 5.0
+    guidance = 5.0 if family == 'sdxl' else 7.5
     with torch.no_grad():
         ref = pipe(PROMPT, image=Image.open(init), strength=STRENGTH, num_inference_steps=STEPS,
                    guidance_scale=guidance, generator=_generator(), output_type='np').images[0] * 255
     ours, params = _ours(folder, tmp_path / 'out', guidance, '--init-image', str(init), '--strength', str(STRENGTH),
-                         log=caplog if family == 'sdxl' else None)
+                         log=None if family == 'sd15' else caplog)
     assert ours.shape == ref.shape == (24, 32, 3)  # the init image's size
     assert ref.std() > 5
     assert np.abs(ours - ref).max() <= TOL
@@ -131,25 +134,46 @@ def test_refiner_img2img_and_base_to_refiner(tmp_path: Path, caplog):
     assert np.abs(ours - ref).max() <= TOL
 
 
-def test_flux_img2img_as_diffusers(tmp_path: Path, caplog):
-    """FLUX (a flow schedule): FluxImg2ImgPipeline's start (it skips int(steps - steps * strength)
-    of the shifted sigmas) and its scale_noise, from the same seed."""
-    from diffusers import FluxImg2ImgPipeline
+@pytest.mark.parametrize('family', ['flux', 'sd3'])
+def test_flow_img2img_as_diffusers(family: str, tmp_path: Path, caplog):
+    """FLUX and SD3 (flow schedules): FluxImg2ImgPipeline's / StableDiffusion3Img2ImgPipeline's
+    start (they skip int(steps - steps * strength) of the shifted sigmas) and scale_noise."""
+    from diffusers import FluxImg2ImgPipeline, StableDiffusion3Img2ImgPipeline
 
-    from .test_flux_pipeline import tiny_flux_folder
-    folder = tiny_flux_folder(tmp_path, guidance=False)
+    from scepter_cli.main import main
+    if family == 'flux':
+        from .test_flux_pipeline import tiny_flux_folder
+        folder, cls, guidance, extra = tiny_flux_folder(tmp_path, False), FluxImg2ImgPipeline, 0.0, \
+            {'max_sequence_length': 256}
+    else:
+        from .test_sd3_pipeline import tiny_sd3_folder
+        folder, cls, guidance, extra = tiny_sd3_folder(tmp_path, 'sd3'), StableDiffusion3Img2ImgPipeline, 5.0, {}
     init = _init_png(tmp_path / 'init.png', 32, 48)
     strength = 0.6  # 4 * 0.6 = 2.4: 3 steps by the flow pipelines' rule, 2 by SD's
     with torch.no_grad():
-        ref = FluxImg2ImgPipeline.from_pretrained(str(folder))(
+        ref = cls.from_pretrained(str(folder))(
             PROMPT, image=Image.open(init), height=32, width=48, strength=strength, num_inference_steps=STEPS,
-            guidance_scale=0.0,
-            max_sequence_length=256, generator=_generator(), output_type='np').images[0] * 255
-    from scepter_cli.main import main
+            guidance_scale=guidance, generator=_generator(), output_type='np', **extra).images[0] * 255
     assert main(['infer', '--pretrained-model', str(folder), '--out', str(tmp_path / 'out'), '--prompt', PROMPT,
-                 '--steps', str(STEPS), '--seed', str(SEED), '--guide-scale', '0', '--init-image', str(init),
+                 '--steps', str(STEPS), '--seed', str(SEED), '--guide-scale', str(guidance), '--init-image', str(init),
                  '--strength', str(strength)]) == 0
     assert 'initialised afresh' not in caplog.text, caplog.text
     ours = np.asarray(Image.open(tmp_path / 'out' / '00000.png').convert('RGB')).astype(float)
     assert ours.shape == ref.shape == (32, 48, 3) and ref.std() > 5
     assert np.abs(ours - ref).max() <= TOL
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--init-image', 'NOT_AN_IMAGE', '--strength', '0.5'], "--init-image '{path}': not a readable image"),
+    (['--init-image', 'INIT', '--strength', '1.5'], '--strength: expected a value in (0, 1], got 1.5'),
+    (['--refiner', 'x', '--refiner-switch', '1.0'], '--refiner-switch: expected a value in (0, 1), got 1.0')])
+def test_bad_img2img_flags_fail_in_one_line_before_loading(tmp_path: Path, capsys, flags, message):
+    from scepter_cli.main import main
+    bad = tmp_path / 'notes.png'
+    bad.write_text('not a picture')
+    init = _init_png(tmp_path / 'init.png', 16, 16)
+    flags = [{'NOT_AN_IMAGE': str(bad), 'INIT': str(init)}.get(f, f) for f in flags]
+    # no such model: the flags are checked first, so this is never reached
+    assert main(['infer', '--pretrained-model', str(tmp_path / 'absent'), '--prompt', 'x', *flags]) != 0
+    err = capsys.readouterr().err
+    assert message.format(path=bad) in ' '.join(err.split()) and 'Traceback' not in err, err
