@@ -106,6 +106,10 @@ def test_refiner_img2img_and_base_to_refiner(tmp_path: Path, caplog):
     base.save_pretrained(str(base_dir))
     refiner.save_pretrained(str(refiner_dir))
     assert detect_family(refiner_dir) == 'sdxl-refiner'
+    from scepter_core.models.info import path_info
+    found = path_info(str(refiner_dir), 'float16', 4)  # `scepter model info FOLDER` (family: published sizes only)
+    assert sorted(found['components']) == ['text_encoder_2', 'unet', 'vae']
+    assert found['components']['unet']['parameters'] == sum(p.numel() for p in refiner.unet.parameters())
     init = _init_png(tmp_path / 'init.png', 16, 24)
     with torch.no_grad():
         ref = refiner(PROMPT, image=Image.open(init), strength=STRENGTH, num_inference_steps=STEPS,
