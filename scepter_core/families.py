@@ -105,8 +105,9 @@ def refiner_model(text: dict, time_dim: int, aesthetic: bool = True, force_zeros
     original size, the crop and the aesthetic score (`aesthetic` false: the target size), each
     value embedded in `time_dim` features, as diffusers' StableDiffusionXLImg2ImgPipeline."""
     from .models.family_table import BIGG_PENULTIMATE_POOLED, size_embedder
-    keys = ('original_size_as_tuple', 'crop_coords_top_left', 'aesthetic_score' if aesthetic else 'target_size_as_tuple')
-    embedders = [{**BIGG_PENULTIMATE_POOLED, 'CONFIG': text}, *({**size_embedder(k), 'OUT_DIM': time_dim} for k in keys)]
+    last = 'aesthetic_score' if aesthetic else 'target_size_as_tuple'
+    sizes = [{**size_embedder(k), 'OUT_DIM': time_dim} for k in ('original_size_as_tuple', 'crop_coords_top_left', last)]
+    embedders = [{**BIGG_PENULTIMATE_POOLED, 'CONFIG': text}, *sizes]
     return {'NAME': 'LatentDiffusionXL', 'TOKENIZER': None, 'FORCE_ZEROS_FOR_EMPTY_PROMPT': force_zeros,
             'COND_STAGE_MODEL': {'NAME': 'GeneralConditioner', 'EMBEDDERS': embedders}}
 

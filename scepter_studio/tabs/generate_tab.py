@@ -1,5 +1,6 @@
 """Generate: model and LoRAs found under the roots, the sampling settings of `scepter infer`
-(txt2img, or img2img from an uploaded image and a strength), a gallery, and the history of earlier images (kept on disk, so it survives restarts)."""
+(txt2img, or img2img from an uploaded image and a strength), a gallery, and the history of
+earlier images (kept on disk, so it survives restarts)."""
 from __future__ import annotations
 
 from typing import Any
@@ -79,7 +80,8 @@ def build(studio: Studio, demo: Any) -> None:
         return [str(p) for p in paths], read_parameters(paths[-1]), _history(studio)
 
     run.click(generate, [model, lora_specs, prompt, n_prompt, sampler, steps, guidance, rescale, seed, height, width,
-                         batch, init_image, strength], [gallery, params, history], concurrency_limit=1, concurrency_id='generate')
+                         batch, init_image, strength], [gallery, params, history], concurrency_limit=1,
+              concurrency_id='generate')
 
     def add_lora(pick, specs):
         return '\n'.join([*(specs or '').splitlines(), f'{pick}:1.0']).strip() if pick else specs
