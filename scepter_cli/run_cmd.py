@@ -115,26 +115,37 @@ def infer(prompt: list[str] = typer.Option(..., '--prompt', '-p', help='Prompt (
           discretization: Optional[str] = _sample_opt('DISCRETIZATION'),
           image_size: Optional[tuple[int, int]] = _sample_opt('IMAGE_SIZE'),
           lora: Optional[list[str]] = typer.Option(None, '--lora', help='LoRA file[:scale] (repeatable).'),
+          init_image: Optional[str] = typer.Option(None, '--init-image', '--init_image',
+                                                   help=SAMPLE_ARGS['INIT_IMAGE'].description),
+          strength: Optional[float] = _sample_opt('STRENGTH'),
+          refiner: Optional[str] = typer.Option(None, '--refiner', help='SDXL refiner (a diffusers folder, single '
+                                                                        'file or checkpoint) for the last timesteps.'),
+          refiner_switch: float = typer.Option(0.8, '--refiner-switch', '--denoising-end',
+                                               help='Fraction of the timesteps the model runs before the refiner.'),
           cuda_graph: bool = _sample_opt('CUDA_GRAPH', False),
           out: str = typer.Option('outputs', '--out', '-o', help='Output directory.'),
           overrides: Optional[list[str]] = SetOpt, imports: Optional[list[str]] = ImportOpt,
           trust_imports: bool = TrustOpt) -> None:
     """Generate images from prompts. Builds only the model, never the training data.
 
-    Sampling options left out take the recipe's SOLVER.SAMPLE_ARGS. The recipe's IMPORTS (user
-    code) are not run unless --trust-imports: a checkpoint folder's config.yaml is anyone's file.
+    Sampling options left out take the recipe's SOLVER.SAMPLE_ARGS. img2img: --init-image PNG
+    --strength 0.6. SDXL base -> refiner: --refiner FOLDER --refiner-switch 0.8. The recipe's
+    IMPORTS (user code) are not run unless --trust-imports: a checkpoint folder's config.yaml is
+    anyone's file.
 
     Example: [cyan]scepter infer --pretrained-model work_dirs/tiny_shapes/checkpoints/latest --prompt "a red circle on a white background" --num-samples 4[/cyan]
     """
     given = locals()  # the sampling options are named after their forward_test keywords
     from scepter_core.inference import generate_images
-    sample = {a.key: given[a.kwarg] for a in SAMPLE_ARGS.values() if a.flags}
+    sample = {a.key: given[a.kwarg] for a in SAMPLE_ARGS.values() if a.flags and a.kwarg}
     sample['IMAGE_SIZE'] = list(image_size) if image_size else None
     sample['CUDA_GRAPH'] = cuda_graph or None  # an unset flag leaves the recipe's choice
+    sample['INIT_IMAGE'] = init_image
     paths, grid = generate_images(
         prompts=[p for p in prompt for _ in range(num_samples)], pretrained_model=pretrained_model,
         cfg_path=cfg, overrides=overrides or [], imports=imports or [], lora=lora or [], out_dir=out,
-        sample_overrides=sample, batch_size=batch_size, trust_imports=trust_imports)
+        sample_overrides=sample, batch_size=batch_size, trust_imports=trust_imports,
+        refiner=refiner, refiner_switch=refiner_switch)
     for p in paths[:16]:
         console.print(f'  {p}')
     more = f' ({len(paths) - 16} more in {out})' if len(paths) > 16 else ''

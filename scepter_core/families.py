@@ -99,6 +99,19 @@ def _tokenizer(root: Path, name: str) -> str | None:
     return str(root / name) if (root / name).is_dir() else None
 
 
+def refiner_model(text: dict, time_dim: int, aesthetic: bool = True, force_zeros: bool = False) -> dict[str, Any]:
+    """The SDXL refiner's model keys: LatentDiffusionXL over a conditioner of OpenCLIP bigG alone
+    (penultimate states + pooled projection, `text`: its CLIPTextConfig fields), then the
+    original size, the crop and the aesthetic score (`aesthetic` false: the target size), each
+    value embedded in `time_dim` features, as diffusers' StableDiffusionXLImg2ImgPipeline."""
+    from .models.family_table import BIGG_PENULTIMATE_POOLED, size_embedder
+    last = 'aesthetic_score' if aesthetic else 'target_size_as_tuple'
+    sizes = [{**size_embedder(k), 'OUT_DIM': time_dim} for k in ('original_size_as_tuple', 'crop_coords_top_left', last)]
+    embedders = [{**BIGG_PENULTIMATE_POOLED, 'CONFIG': text}, *sizes]
+    return {'NAME': 'LatentDiffusionXL', 'TOKENIZER': None, 'FORCE_ZEROS_FOR_EMPTY_PROMPT': force_zeros,
+            'COND_STAGE_MODEL': {'NAME': 'GeneralConditioner', 'EMBEDDERS': embedders}}
+
+
 def flow_recipe(folder: str | os.PathLike) -> Config | None:
     """The recipe of a diffusers FLUX or SD3 folder (its parts, the pipeline's sampling
     defaults), or None for anything else."""
@@ -137,7 +150,12 @@ def folder_recipe(path: str | os.PathLike) -> Config:
         'NAME': 'LatentDiffusion', **_schedule(configs['scheduler'], f'{root}/scheduler'),
         'SCALE_FACTOR': vae.get('scaling_factor', 0.18215), 'SIZE_FACTOR': size_factor, 'IMAGE_SIZE': [size, size],
         'DIFFUSION_MODEL': unet_cfg_from_diffusers(unet), 'FIRST_STAGE_MODEL': vae_cfg_from_diffusers(vae)}
-    if family.startswith('sdxl'):
+    if family == 'sdxl-refiner':
+        index = _json(root / 'model_index.json')
+        model.update(refiner_model(_text_block(configs['text_encoder_2']), unet.get('addition_time_embed_dim', 256),
+                                   index.get('requires_aesthetics_score', True),
+                                   index.get('force_zeros_for_empty_prompt', False)))
+    elif family == 'sdxl':
         encoders = [{'CONFIG': _text_block(configs[part]), 'PROJECTION': part == 'text_encoder_2',
                      'TOKENIZER': _tokenizer(root, 'tokenizer' if part == 'text_encoder' else 'tokenizer_2')}
                     for part in ('text_encoder', 'text_encoder_2') if part in configs]
@@ -178,17 +196,17 @@ def file_recipe(path: str | os.PathLike) -> Config:
     raw = _meta_state(Path(path))
     family = family_of_keys(list(raw))
     sd = ldm_to_ours(raw)
-    if family == 'sdxl-refiner':
-        raise ConfigError(f"'{path}': an SDXL refiner single file; convert it to a diffusers folder or pass "
-                          f'its recipe (--cfg): the refiner has no text-to-image recipe of its own here')
     unet, vae = unet_cfg_from_weights(sd, None if family == 'sd15' else 64), vae_cfg_from_weights(sd)
     size_factor, size = 2 ** (len(vae['ENCODER']['CH_MULT']) - 1), DEFAULT_SIZE[family]
     model: dict[str, Any] = {
         'NAME': 'LatentDiffusion', 'PARAMETERIZATION': 'eps', 'TIMESTEPS': 1000,
         'SCHEDULE_ARGS': {'NAME': 'scaled_linear', 'BETA_MIN': 0.00085, 'BETA_MAX': 0.012},
-        'SCALE_FACTOR': 0.13025 if family == 'sdxl' else 0.18215, 'SIZE_FACTOR': size_factor,
+        'SCALE_FACTOR': 0.13025 if family.startswith('sdxl') else 0.18215, 'SIZE_FACTOR': size_factor,
         'IMAGE_SIZE': [size, size], 'DIFFUSION_MODEL': unet, 'FIRST_STAGE_MODEL': vae}
-    if family == 'sdxl':
+    if family == 'sdxl-refiner':  # bigG (embedder 0) + original size, crop, aesthetic score
+        text = text_config_from_weights(sd, 'cond_stage_model.embedders.0.transformer.', openclip=True)
+        model.update(refiner_model(text, (unet['ADM_IN_CHANNELS'] - text['projection_dim']) // 5))
+    elif family == 'sdxl':
         encoders = []
         for i in range(2):
             prefix = f'cond_stage_model.embedders.{i}.transformer.'
@@ -205,7 +223,8 @@ def file_recipe(path: str | os.PathLike) -> Config:
         model.update(COND_STAGE_MODEL={'NAME': 'FrozenCLIPEmbedder', 'CONFIG': text, **layer},
                      TOKENIZER={'NAME': 'ClipTokenizer', 'LENGTH': min(77, text['max_position_embeddings'])},
                      IGNORE_KEYS=['cond_stage_model.transformer.text_projection'] if sd2 else [])
-    sample = {'SAMPLER': 'ddim', 'SAMPLE_STEPS': 50, 'SEED': 2023, 'GUIDE_SCALE': 5.0 if family == 'sdxl' else 7.5,
+    sample = {'SAMPLER': 'ddim', 'SAMPLE_STEPS': 50, 'SEED': 2023,
+              'GUIDE_SCALE': 5.0 if family.startswith('sdxl') else 7.5,
               'GUIDE_RESCALE': 0.0, 'DISCRETIZATION': 'trailing', 'IMAGE_SIZE': [size, size]}
     return Config({'FAMILY': family, 'SOLVER': {'NAME': 'LatentDiffusionSolver', 'MODEL': model,
                                                 'SAMPLE_ARGS': sample}})

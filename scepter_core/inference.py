@@ -166,13 +166,41 @@ def _amp(solver: Config) -> bool:
     return bool(solver.get('USE_AMP')) and we.device.type != 'cpu'
 
 
+def load_init_image(path: str, size: list[int] | None = None, multiple: int = 8) -> torch.Tensor:
+    """img2img's start: the image file as [1, 3, H, W] in [0, 1], at `size` [H, W] or at its own
+    size rounded down to a multiple of `multiple`, resized with Lanczos as diffusers' image
+    processor does (an image already that size is used as it is)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from .errors import ScepterError
+    from .fs import FS
+    try:
+        with Image.open(FS.get_from(path)) as im:
+            image = im.convert('RGB')
+    except (OSError, UnidentifiedImageError) as e:
+        raise ScepterError(f"--init-image '{path}': not a readable image ({e})") from e
+    h, w = (int(v) for v in size) if size else (d - d % multiple for d in (image.height, image.width))
+    if h < multiple or w < multiple:
+        raise ScepterError(f"--init-image '{path}': {image.width}x{image.height} is smaller than {multiple} px")
+    if (w, h) != image.size:
+        image = image.resize((w, h), Image.LANCZOS)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
 def sample_images(model: torch.nn.Module, cfg: Config, prompts: list[str], n_prompt: str | None = None,
                   sample_overrides: dict[str, Any] | None = None,
                   **extra: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """forward_test over `prompts` with the recipe's SAMPLE_ARGS and `sample_overrides`;
     returns (outputs, the SAMPLE_ARGS used, with a random seed (-1 or none) drawn here so it
-    can be recorded). `extra` goes to forward_test (e.g. intermediate_callback)."""
+    can be recorded). `extra` goes to forward_test (e.g. intermediate_callback). With
+    INIT_IMAGE (img2img) the image's size is the output's unless `sample_overrides` sets one."""
     args = sample_settings(model, cfg, sample_overrides)
+    if args.get('INIT_IMAGE'):
+        image = load_init_image(args['INIT_IMAGE'], (sample_overrides or {}).get('IMAGE_SIZE'),
+                                int(getattr(model, 'size_factor', 8)))
+        extra['init_image'] = image.to(we.device)
+        args['IMAGE_SIZE'] = list(image.shape[-2:])
     check_image_size(model, args.get('IMAGE_SIZE'), len(prompts))
     kwargs = sample_kwargs(args)
     if n_prompt is not None:
@@ -249,7 +277,8 @@ def _fill_defaults(model: torch.nn.Module, args: dict[str, Any]) -> None:
     """Settings the recipe leaves out take forward_test's own defaults, filled in here so that
     what is recorded (png_parameters) is what was used."""
     params = inspect.signature(model.forward_test).parameters
-    for key in ('SAMPLER', 'SAMPLE_STEPS', 'SEED', 'GUIDE_SCALE', 'GUIDE_RESCALE', 'DISCRETIZATION'):
+    keys = ('SAMPLER', 'SAMPLE_STEPS', 'SEED', 'GUIDE_SCALE', 'GUIDE_RESCALE', 'DISCRETIZATION')
+    for key in keys + (('STRENGTH',) if args.get('INIT_IMAGE') else ()):
         if args.get(key) is None and BY_KEY[key].kwarg in params:
             args[key] = params[BY_KEY[key].kwarg].default
     if args.get('IMAGE_SIZE') is None and getattr(model, 'cfg', None) is not None:
@@ -265,6 +294,9 @@ def png_parameters(prompt: str, n_prompt: str | None, args: dict[str, Any], mode
                 'CFG rescale': args.get('GUIDE_RESCALE'), 'Discretization': args.get('DISCRETIZATION'),
                 'Prev timestep': args.get('PREV_TIMESTEP'), 'Seed': args.get('SEED'),
                 'Size': f'{w}x{h}' if h else None, 'Model': model, 'LoRA': ' '.join(lora) or None,
+                'Init image': args.get('INIT_IMAGE') or None,
+                'Denoising strength': args.get('STRENGTH') if args.get('INIT_IMAGE') else None,
+                'Refiner': args.get('REFINER'), 'Refiner switch at': args.get('REFINER_SWITCH_AT'),
                 'Batch size': batch[0] if batch[0] > 1 else None, 'Batch pos': batch[1] if batch[0] > 1 else None}
     return format_parameters(prompt, n_prompt, settings)
 
@@ -273,9 +305,9 @@ def sample_args_from_parameters(text: str) -> tuple[str, str | None, dict[str, A
     """The inverse of png_parameters: (prompt, negative prompt, SAMPLE_ARGS, LoRA specs)."""
     prompt, n_prompt, s = parse_parameters(text)
     args: dict[str, Any] = {'SAMPLER': s.get('Sampler'), 'DISCRETIZATION': s.get('Discretization'),
-                            'PREV_TIMESTEP': s.get('Prev timestep')}
+                            'PREV_TIMESTEP': s.get('Prev timestep'), 'INIT_IMAGE': s.get('Init image')}
     for key, name, kind in (('SAMPLE_STEPS', 'Steps', int), ('SEED', 'Seed', int), ('GUIDE_SCALE', 'CFG scale', float),
-                            ('GUIDE_RESCALE', 'CFG rescale', float)):
+                            ('GUIDE_RESCALE', 'CFG rescale', float), ('STRENGTH', 'Denoising strength', float)):
         if s.get(name) is not None:
             args[key] = kind(s[name])
     if s.get('Size'):
@@ -287,14 +319,29 @@ def sample_args_from_parameters(text: str) -> tuple[str, str | None, dict[str, A
 GRID_MAX = 64  # images in grid.png: the first ones (a grid of 100000 images would not fit in memory)
 
 
+def _check_img2img(sample_overrides: dict[str, Any], refiner: str | None, refiner_switch: float) -> None:
+    from .errors import ScepterError
+    strength = sample_overrides.get('STRENGTH')
+    if strength is not None and not 0.0 < float(strength) <= 1.0:
+        raise ScepterError(f'--strength: expected a value in (0, 1], got {strength}')
+    if refiner is not None and not 0.0 < float(refiner_switch) < 1.0:
+        raise ScepterError(f'--refiner-switch: expected a value in (0, 1), got {refiner_switch}')
+    if sample_overrides.get('INIT_IMAGE'):
+        load_init_image(sample_overrides['INIT_IMAGE'])
+
+
 def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: str, n_prompt: str | None = None,
                     cfg_path: str | None = None, overrides: list[str] = (), imports: list[str] = (),
                     lora: list[str] = (), sample_overrides: dict[str, Any] | None = None,
+                    refiner: str | None = None, refiner_switch: float = 0.8,
                     logger: logging.Logger | None = None, batch_size: int = 8,
                     trust_imports: bool = False) -> tuple[list[Path], Path]:
     """Sample one image per prompt, `batch_size` at a time (batch k draws its noise from seed + k);
     write `NNNNN.png` files as each batch ends (with their parameters in the PNG text chunk)
-    and `grid.png` of the first GRID_MAX into out_dir."""
+    and `grid.png` of the first GRID_MAX into out_dir. With `refiner` (SDXL base -> refiner, as
+    diffusers' ensemble of expert denoisers): the model runs the timesteps above
+    T - refiner_switch * T and stops (denoising_end); the refiner, built once the model is
+    freed, runs the rest from its latents (denoising_start) with the same sampling settings."""
     if not prompts:
         raise ConfigError("'--num-samples': no images to sample (it must be at least 1)")
     if batch_size < 1:
@@ -302,14 +349,33 @@ def generate_images(prompts: list[str], pretrained_model: str | None, out_dir: s
     check_sample_args(sample_overrides or {})  # the command line's values, before the model is built
     if isinstance((sample_overrides or {}).get('SAMPLER'), str):
         check_sampler(sample_overrides['SAMPLER'])
+    _check_img2img(sample_overrides or {}, refiner, refiner_switch)  # before minutes of model loading
     model, cfg = prepare_model(pretrained_model, cfg_path, overrides, imports, lora, logger, trust_imports)
     args = sample_settings(model, cfg, sample_overrides)
+    batches = [prompts[start:start + batch_size] for start in range(0, len(prompts), batch_size)]
+
+    def seeded(given: dict[str, Any], k: int) -> dict[str, Any]:
+        # only the caller's values and the seed: the rest (an init image's size) is decided per batch
+        seed = {'SEED': (int(args['SEED']) + k) % 2 ** 32} if args.get('SEED') is not None else {}
+        return {**given, **seed}
+    given = dict(sample_overrides or {})
+    if refiner is not None:
+        handed = [torch.stack([o['latent'] for o in sample_images(
+            model, cfg, chunk, n_prompt, seeded(given, k), denoising_end=refiner_switch)[0]])
+            for k, chunk in enumerate(batches)]
+        del model  # one of the two models in memory at a time
+        model, cfg = prepare_model(refiner, logger=logger)
+        # the base's settings (steps, guidance, sampler: the split must line up), not its image's
+        given = {k: v for k, v in args.items() if k not in ('INIT_IMAGE', 'IMAGE_SIZE', 'STRENGTH')}
     out = Path(out_dir)
     paths, shown = [], []
-    for k, start in enumerate(range(0, len(prompts), batch_size)):
-        chunk = prompts[start:start + batch_size]
-        batch_args = {**args, 'SEED': (int(args['SEED']) + k) % 2 ** 32} if args.get('SEED') is not None else args
-        outs, used = sample_images(model, cfg, chunk, n_prompt, batch_args)
+    for k, chunk in enumerate(batches):
+        if refiner is None:
+            outs, used = sample_images(model, cfg, chunk, n_prompt, seeded(given, k))
+        else:
+            outs, _ = sample_images(model, cfg, chunk, n_prompt, seeded(given, k),
+                                    denoising_start=refiner_switch, init_latent=handed[k])
+            used = {**args, **seeded({}, k), 'REFINER': refiner, 'REFINER_SWITCH_AT': refiner_switch}
         for i, o in enumerate(outs):
             text = png_parameters(o['prompt'], n_prompt, used, pretrained_model, lora, (len(outs), i))
             paths.append(save_png(o['image'], out / f'{len(paths):05d}.png', text))

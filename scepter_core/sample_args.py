@@ -36,6 +36,10 @@ ARGS: tuple[SampleArg, ...] = (
     SampleArg('N_PROMPT', 'n_prompt', None, str, 'Negative prompt.', ('--n-prompt', '--n_prompt')),
     SampleArg('PREV_TIMESTEP', 'prev_timestep', None, str,
               "'strided': ddim / ddpm step from t to t - T/N, as diffusers' schedulers do."),
+    SampleArg('INIT_IMAGE', None, None, str, 'img2img: the image to start from (its size, a multiple of 8, '
+              'unless --size).'),
+    SampleArg('STRENGTH', 'strength', None, float, 'img2img: how far the init image is noised, (0, 1]: '
+              'int(steps x strength) steps run.', ('--strength', '--denoising-strength')),
     SampleArg('CUDA_GRAPH', 'cuda_graph', None, bool,
               'On CUDA: replay each UNet step from a captured graph (faster at small batches).', ('--cuda-graph',)),
 )

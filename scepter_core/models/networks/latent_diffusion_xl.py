@@ -43,7 +43,8 @@ class LatentDiffusionXL(LatentDiffusion):
         super().__init__(cfg, logger=logger)
         if self.cfg.LOAD_REFINER:
             raise ConfigError(f"'{self.cfg.path or 'LatentDiffusionXL'}.LOAD_REFINER': the refining pass is not "
-                              f'implemented yet; set it false (run the refiner as its own model)')
+                              f'implemented yet; set it false and run the refiner as its own model '
+                              f'(scepter infer --refiner)')
         if not hasattr(self.cond_stage_model, 'input_keys') or not hasattr(self.cond_stage_model, 'embedders'):
             raise ConfigError(f"'{self.cfg.path or 'LatentDiffusionXL'}.COND_STAGE_MODEL': expected a "
                               f'GeneralConditioner, got {type(self.cond_stage_model).__name__}')
