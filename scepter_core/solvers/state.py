@@ -97,7 +97,10 @@ def resolve_checkpoint(path: str | Path, work_dir: str | Path | None = None) -> 
 
 
 def prune(root: Path, keep_last: int) -> None:
-    """Keep the newest `keep_last` step directories (and always the one `latest` names)."""
+    """Remove the leftovers of killed saves and keep the newest `keep_last` step directories
+    (0: all; always the one `latest` names)."""
+    for d in root.glob('.step-*.tmp-*'):  # leftovers of a killed save (the caller's own save is renamed by now)
+        shutil.rmtree(d, ignore_errors=True)
     if keep_last <= 0:
         return
     steps = sorted(d for d in root.glob('step-*') if d.is_dir() and '.tmp-' not in d.name)
@@ -105,8 +108,6 @@ def prune(root: Path, keep_last: int) -> None:
     for d in steps[:-keep_last]:
         if d.name != latest:
             shutil.rmtree(d, ignore_errors=True)
-    for d in root.glob('.step-*.tmp-*'):  # leftovers of a killed save
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def read_training_state(step_dir: Path) -> dict[str, Any] | None:
