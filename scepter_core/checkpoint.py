@@ -150,6 +150,9 @@ def incomplete(step: Path) -> str | None:
     return None
 
 
+_WARNED: set[str] = set()
+
+
 def _latest_step(root: Path) -> Path:
     name = (root / LATEST).read_text(errors='replace').strip()
     # the pointer names a step folder beside it, nothing else (no '../', no absolute path)
@@ -161,8 +164,10 @@ def _latest_step(root: Path) -> Path:
     if not complete:
         raise CheckpointError(f"'{root / LATEST}' names '{name}', which {why}; no complete checkpoint is left "
                               f"in '{root}'")
-    logging.getLogger('scepter').warning(f"'{root / LATEST}' names '{name}', which {why}; using the newest complete "
-                                         f"checkpoint '{complete[0]}'")
+    message = f"'{root / LATEST}' names '{name}', which {why}; using the newest complete checkpoint '{complete[0]}'"
+    if message not in _WARNED:  # once, however often a command resolves the pointer
+        _WARNED.add(message)
+        logging.getLogger('scepter').warning(message)
     return complete[0]
 
 

@@ -99,8 +99,8 @@ class ImageTextDataset(BaseDataset):
         reader.fieldnames = columns
         image_col = next((c for c in IMAGE_COLUMNS if c in columns), None)
         if PROMPT_COLUMN not in columns or (image_col is None and not self.prompt_only):
-            missing = [PROMPT_COLUMN] if PROMPT_COLUMN not in columns else []
-            missing += [] if image_col or self.prompt_only else [' or '.join(IMAGE_COLUMNS)]
+            missing = [] if image_col or self.prompt_only else [' or '.join(IMAGE_COLUMNS)]
+            missing += [PROMPT_COLUMN] if PROMPT_COLUMN not in columns else []
             raise ConfigError(f"'{self.key_path(key)}': '{csv_path}' lacks the column {' and '.join(missing)}; "
                               f"it has {columns}")
         records = []
