@@ -211,7 +211,7 @@ def list_records(path: str, allow_remote: bool = False, allow_outside: bool = Fa
             raise ConfigError(f"DATA_DIR: '{path}' holds {len(csvs)} CSV lists; name one of them")
         file, path = chosen[0], join(path, os.path.basename(chosen[0]))
     text = decode_text(fs.cat_file(file), path)
-    base = os.path.dirname(path)
+    base = os.path.dirname(path) or '.'  # a root, so that the list's rows stay under it
     rule = {'allow_remote': allow_remote, 'allow_outside': allow_outside}
     out = []
     if file.endswith('.csv'):

@@ -238,6 +238,7 @@ def test_bad_images_are_skipped_counted_and_named_once(bad_run):
     for name in bad:
         said = [ln for ln in text.splitlines() if 'skipped' in ln and name in ln]
         assert len(said) == 1, (name, said)
+    assert 'skipped samples' in text  # and counted in the log line
     assert (root / 'work' / 'checkpoints' / 'step-000002' / 'model.safetensors').is_file()
 
 
