@@ -259,3 +259,21 @@ def test_huge_and_emoji_prompts_generate(bad_run, tmp_path: Path):
     judge('data: 10k-character and emoji prompts', proc, error=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(long) > 10_000 and len(list((tmp_path / 'o').glob('0000*.png'))) == 2
+
+
+def test_index_rule_without_and_with_a_data_root(tmp_path: Path):
+    """ImageTextPairDataset: without DATA_ROOT an index may name absolute paths; with one, rows stay
+    under it unless ALLOW_OUTSIDE_ROOT; a URL needs ALLOW_REMOTE_PATHS (nothing is fetched here)."""
+    from scepter_core.data import ImageTextPairDataset
+    from scepter_core.errors import ConfigError
+    line = f'{tmp_path}/a.png#;#16#;#16#;#a cat'
+    assert ImageTextPairDataset({'DATA_LIST': [line]}).records[0]['img_path'] == f'{tmp_path}/a.png'
+    with pytest.raises(ConfigError, match='ALLOW_OUTSIDE_ROOT'):
+        ImageTextPairDataset({'DATA_ROOT': '/srv/data', 'DATA_LIST': [line]})
+    allowed = ImageTextPairDataset({'DATA_ROOT': '/srv/data', 'DATA_LIST': [line], 'ALLOW_OUTSIDE_ROOT': True})
+    assert allowed.records[0]['img_path'] == f'{tmp_path}/a.png'
+    url = 'http://example.invalid/a.png#;#16#;#16#;#a cat'
+    with pytest.raises(ConfigError, match=r'DATA_LIST.*line 1.*ALLOW_REMOTE_PATHS'):
+        ImageTextPairDataset({'DATA_LIST': [url]})
+    assert ImageTextPairDataset({'DATA_LIST': [url], 'ALLOW_REMOTE_PATHS': True}).records[0]['img_path'] == \
+        'http://example.invalid/a.png'
