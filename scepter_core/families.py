@@ -37,11 +37,13 @@ def _folder_configs(root: Path) -> dict[str, dict]:
     return out
 
 
-def family_of_folder(configs: dict[str, dict]) -> str:
-    """The family of a diffusers folder from its config.json files."""
+def family_of_folder(configs: dict[str, dict], where: str | os.PathLike = 'diffusers folder') -> str:
+    """The family of a diffusers folder (`where`, for errors) from its config.json files."""
     unet = configs.get('unet') or {}
     if not unet:
-        raise CheckpointError('diffusers folder without unet/config.json: cannot tell the model family')
+        raise CheckpointError(f"'{where}': a diffusers folder without unet/config.json (found: "
+                              f"{', '.join(sorted(p for p in configs if configs[p])) or 'no config.json'}); "
+                              f'cannot tell the model family')
     if unet.get('addition_embed_type') == 'text_time':
         return 'sdxl' if 'text_encoder' in configs else 'sdxl-refiner'
     text = configs.get('text_encoder') or {}
@@ -66,7 +68,7 @@ def detect_family(path: str | os.PathLike) -> str:
     """'sd15', 'sd21', 'sd21v', 'sdxl' or 'sdxl-refiner' for a diffusers folder or a single file."""
     p = Path(path)
     if p.is_dir():
-        return family_of_folder(_folder_configs(p))
+        return family_of_folder(_folder_configs(p), p)
     from .checkpoint import checkpoint_keys
     return family_of_keys(list(checkpoint_keys(p)))
 
@@ -138,7 +140,7 @@ def folder_recipe(path: str | os.PathLike) -> Config:
         return flow
     root = Path(path)
     configs = _folder_configs(root)
-    family = family_of_folder(configs)
+    family = family_of_folder(configs, root)
     for part in ('vae',) + (('text_encoder_2',) if family.startswith('sdxl') else ('text_encoder',)):
         if part not in configs:
             raise CheckpointError(f"'{root}': a {family} diffusers folder needs {part}/config.json")

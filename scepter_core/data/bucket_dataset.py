@@ -27,6 +27,7 @@ from .captions import CAPTION_KEYS, MakeCaption
 from .errors import BadSampleError
 from .file_index import FileIndex
 from .images import DEFAULT_MAX_PIXELS, decode_rgb, image_size
+from .paths import PATH_KEYS
 from .transforms.base import RNG_KEY, item_randint, item_uniform
 from .transforms.functional import PIL_INTERPOLATION
 
@@ -159,7 +160,7 @@ class BucketImageDataset(BucketPipeline, BaseDataset):
         'DEFAULT_CAPTION': {'value': '', 'type': str, 'description': 'Caption of images that have none.'},
         'MAX_PIXELS': {'value': DEFAULT_MAX_PIXELS, 'type': int,
                        'description': 'Images with more pixels are skipped as decompression bombs.'},
-        **CAPTION_KEYS,
+        **CAPTION_KEYS, **PATH_KEYS,
         'SCAN_THREADS': {'value': 8, 'type': int, 'description': 'Threads reading image headers at start.'},
         'TRANSFORMS': {'value': TO_TENSOR, 'type': list, 'registry': 'TRANSFORMS',
                        'description': "Applied after the bucket crop and caption ('img' PIL, 'prompt')."},
@@ -178,7 +179,9 @@ class BucketImageDataset(BucketPipeline, BaseDataset):
             raise ConfigError(f"'{self.key_path('DATA_DIR')}': set the data path (folder, list file, metadata.jsonl)")
         self.resolutions = [c.RESOLUTION] if isinstance(c.RESOLUTION, int) else list(c.RESOLUTION)
         self.tables = [bucket_sizes(r, c.ALIGNMENT, c.MAX_ASPECT) for r in self.resolutions]
-        records = [r for p in paths for r in sources.records(p, caption_exts=tuple(c.CAPTION_EXTENSIONS))]
+        records = [r for p in paths for r in sources.records(p, caption_exts=tuple(c.CAPTION_EXTENSIONS),
+                                                             allow_remote=bool(c.ALLOW_REMOTE_PATHS),
+                                                             allow_outside=bool(c.ALLOW_OUTSIDE_ROOT))]
         self.bad: dict[str, str] = {}
         self.records, self.sizes, self.digests = self._scan(records, FileIndex(cache_dir) if cache_dir else None)
         self.entries: list[tuple[int, tuple[int, int]]] = []  # (record, bucket) per sample of an epoch

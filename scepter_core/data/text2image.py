@@ -8,6 +8,7 @@ from ..errors import ConfigError
 from ..fs import FS
 from ..registry import DATASETS
 from .base import BaseDataset
+from .paths import decode_text
 
 
 @DATASETS.register_class()
@@ -41,7 +42,7 @@ class Text2ImageDataset(BaseDataset):
         elif self.cfg.PROMPT_FILE:
             key = 'PROMPT_FILE'
             try:
-                text = FS.get_object(self.cfg.PROMPT_FILE).decode('utf-8')
+                text = decode_text(FS.get_object(self.cfg.PROMPT_FILE), self.cfg.PROMPT_FILE)
             except (FileNotFoundError, IsADirectoryError) as e:
                 raise ConfigError(f"'{self.key_path(key)}': prompt file not found: '{self.cfg.PROMPT_FILE}'") from e
             column = list(self.cfg.FIELDS).index('prompt') if 'prompt' in self.cfg.FIELDS else 0

@@ -136,7 +136,8 @@ def refuse_newer(root: Path, step: int) -> None:
 
 
 def prune(root: Path, keep_last: int) -> None:
-    """Keep the newest `keep_last` step directories (and always the one `latest` names)."""
+    """Remove the leftovers of killed saves and keep the newest `keep_last` step directories
+    (0: all; always the one `latest` names)."""
     for d in root.glob('.step-*.tmp-*'):  # leftovers of a killed save (WORK_DIR's lock: none is in progress)
         shutil.rmtree(d, ignore_errors=True)
     if keep_last <= 0:
