@@ -107,14 +107,38 @@ def flow_recipe(folder: str | os.PathLike) -> Config | None:
     if is_flux_folder(folder):
         block = flux_model_block(folder)
         dev = block['DIFFUSION_MODEL']['GUIDANCE_EMBED']
-        steps, scale = (28, 3.5) if dev else (4, 0.0)
+        steps, scale, family = (28, 3.5, 'flux-dev') if dev else (4, 0.0, 'flux-schnell')
     elif is_sd3_folder(folder):
-        block, steps, scale = sd3_model_block(folder), 28, 7.0
+        block, steps, scale, family = sd3_model_block(folder), 28, 7.0, 'sd3'
     else:
         return None
     args = {'SAMPLER': 'flow_euler', 'SAMPLE_STEPS': steps, 'GUIDE_SCALE': scale, 'IMAGE_SIZE': [1024, 1024],
             'SEED': 2024}
-    return Config({'SOLVER': {'NAME': 'LatentDiffusionSolver', 'MODEL': block, 'SAMPLE_ARGS': args}})
+    return Config({'FAMILY': family, 'SOLVER': {'NAME': 'LatentDiffusionSolver', 'MODEL': block, 'SAMPLE_ARGS': args}})
+
+
+def sdxl_blocks(unet: dict, texts: list[tuple[dict, str | None]], time_dim: int,
+                refiner: bool = False) -> dict[str, Any]:
+    """LatentDiffusionXL's blocks for an SDXL UNet block and its text encoders ((CLIPTextConfig
+    fields, tokenizer directory or None) each; the last one is bigG with projection): Scepter's
+    GeneralConditioner of the family table (CLIP-L penultimate, bigG penultimate + pooled, one
+    size embedding per add_time_ids pair; the refiner: bigG, sizes and the aesthetic score)."""
+    from .models.family_table import SDXL_CONDITIONER, SDXL_REFINER_CONDITIONER
+    table = SDXL_REFINER_CONDITIONER if refiner else SDXL_CONDITIONER
+    embedders = [dict(block) for block in table['EMBEDDERS']]
+    text_blocks = [b for b in embedders if b['NAME'] != 'ConcatTimestepEmbedderND']
+    if len(text_blocks) != len(texts):
+        raise CheckpointError(f"an {'SDXL refiner' if refiner else 'SDXL'} model needs {len(text_blocks)} text "
+                              f'encoder(s), found {len(texts)}')
+    for block, (config, tokenizer) in zip(text_blocks, texts):
+        block.update(CONFIG=config, MAX_LENGTH=min(77, config.get('max_position_embeddings', 77)),
+                     TOKENIZER_PATH=tokenizer)
+    for block in embedders:
+        if block['NAME'] == 'ConcatTimestepEmbedderND':
+            block['OUT_DIM'] = time_dim
+    head = unet.get('NUM_HEAD_CHANNELS', -1)  # DiffusionUNetXL's NUM_HEADS_CHANNELS wins over it: say it there
+    return {'NAME': 'LatentDiffusionXL', 'DIFFUSION_MODEL': {**unet, 'NAME': 'DiffusionUNetXL', 'NUM_HEADS_CHANNELS': head},
+            'COND_STAGE_MODEL': {'NAME': 'GeneralConditioner', 'EMBEDDERS': embedders}, 'TOKENIZER': None}
 
 
 def folder_recipe(path: str | os.PathLike) -> Config:
@@ -138,11 +162,10 @@ def folder_recipe(path: str | os.PathLike) -> Config:
         'SCALE_FACTOR': vae.get('scaling_factor', 0.18215), 'SIZE_FACTOR': size_factor, 'IMAGE_SIZE': [size, size],
         'DIFFUSION_MODEL': unet_cfg_from_diffusers(unet), 'FIRST_STAGE_MODEL': vae_cfg_from_diffusers(vae)}
     if family.startswith('sdxl'):
-        encoders = [{'CONFIG': _text_block(configs[part]), 'PROJECTION': part == 'text_encoder_2',
-                     'TOKENIZER': _tokenizer(root, 'tokenizer' if part == 'text_encoder' else 'tokenizer_2')}
-                    for part in ('text_encoder', 'text_encoder_2') if part in configs]
-        model.update(NAME='InterimSDXL', TEXT_ENCODERS=encoders,
-                     TIME_EMBED_DIM=unet.get('addition_time_embed_dim', 256),
+        texts = [(_text_block(configs[part]), _tokenizer(root, 'tokenizer' if part == 'text_encoder' else 'tokenizer_2'))
+                 for part in ('text_encoder', 'text_encoder_2') if part in configs]
+        model.update(sdxl_blocks(model['DIFFUSION_MODEL'], texts, unet.get('addition_time_embed_dim', 256),
+                                 refiner=family == 'sdxl-refiner'),
                      FORCE_ZEROS_FOR_EMPTY_PROMPT=_json(root / 'model_index.json').get(
                          'force_zeros_for_empty_prompt', True))
     else:  # SD1.x: CLIP-L's last state; SD2 folders hold the OpenCLIP tower cut at its penultimate layer
@@ -189,15 +212,11 @@ def file_recipe(path: str | os.PathLike) -> Config:
         'SCALE_FACTOR': 0.13025 if family == 'sdxl' else 0.18215, 'SIZE_FACTOR': size_factor,
         'IMAGE_SIZE': [size, size], 'DIFFUSION_MODEL': unet, 'FIRST_STAGE_MODEL': vae}
     if family == 'sdxl':
-        encoders = []
-        for i in range(2):
-            prefix = f'cond_stage_model.embedders.{i}.transformer.'
-            bigg = f'{prefix}text_projection.weight' in sd
-            encoders.append({'CONFIG': text_config_from_weights(sd, prefix, openclip=bigg), 'PROJECTION': bigg,
-                             'PAD_TOKEN_ID': 0 if bigg else None})  # OpenCLIP pads with 0 ('!')
-        pooled = encoders[-1]['CONFIG']['projection_dim']
-        model.update(NAME='InterimSDXL', TEXT_ENCODERS=encoders,
-                     TIME_EMBED_DIM=(unet['ADM_IN_CHANNELS'] - pooled) // 6)
+        texts = [(text_config_from_weights(sd, f'cond_stage_model.embedders.{i}.transformer.',
+                                           openclip=f'cond_stage_model.embedders.{i}.transformer.text_projection.weight'
+                                           in sd), None) for i in range(2)]
+        pooled = texts[-1][0]['projection_dim']
+        model.update(sdxl_blocks(unet, texts, (unet['ADM_IN_CHANNELS'] - pooled) // 6))
     else:  # SD2: the OpenCLIP tower's penultimate layer, final norm applied (its projection is unused)
         sd2 = family == 'sd21'
         text = text_config_from_weights(sd, 'cond_stage_model.transformer.', openclip=sd2)

@@ -149,8 +149,8 @@ HEADS = {'sd15': ['SOLVER.MODEL.DIFFUSION_MODEL.NUM_HEADS=4',
                   'SOLVER.MODEL.COND_STAGE_MODEL.CONFIG.num_attention_heads=2',
                   'SOLVER.MODEL.SCALE_FACTOR=0.3'],
          'sdxl': ['SOLVER.MODEL.DIFFUSION_MODEL.NUM_HEAD_CHANNELS=16',
-                  'SOLVER.MODEL.TEXT_ENCODERS.0.CONFIG.num_attention_heads=2',
-                  'SOLVER.MODEL.TEXT_ENCODERS.1.CONFIG.num_attention_heads=2']}
+                  'SOLVER.MODEL.COND_STAGE_MODEL.EMBEDDERS.0.CONFIG.num_attention_heads=2',
+                  'SOLVER.MODEL.COND_STAGE_MODEL.EMBEDDERS.1.CONFIG.num_attention_heads=2']}
 
 
 @pytest.mark.parametrize('family', list(HEADS))
