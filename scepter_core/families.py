@@ -53,9 +53,9 @@ def family_of_folder(configs: dict[str, dict]) -> str:
 def family_of_keys(keys: list[str]) -> str:
     """The family of an original single file from its key names (SD2's 512 and 768-v files have
     the same names: 'sd21' is assumed; the v variant needs PARAMETERIZATION v and its size)."""
-    if any(k.startswith('conditioner.embedders.1.') for k in keys):
-        return 'sdxl'
-    if any(k.startswith('conditioner.embedders.0.model.') for k in keys):
+    if any(k.startswith(('conditioner.embedders.1.', 'cond_stage_model.embedders.1.')) for k in keys):
+        return 'sdxl'  # SGM's names, or ours
+    if any(k.startswith(('conditioner.embedders.0.model.', 'cond_stage_model.embedders.0.')) for k in keys):
         return 'sdxl-refiner'
     if any(k.startswith('cond_stage_model.model.') for k in keys):
         return 'sd21'
@@ -194,13 +194,15 @@ def _meta_state(path: Path) -> dict:
 
 
 def file_recipe(path: str | os.PathLike) -> Config:
-    """The recipe for an original LDM / SGM single file: family from its names, sizes from its
-    shapes (arch_from_weights), sampling as the family's reference (scaled-linear betas, eps)."""
+    """The recipe for an original LDM / SGM single file (or our checkpoint without its recipe):
+    family from its names, sizes from its shapes (arch_from_weights), sampling as the family's
+    reference (scaled-linear betas, eps)."""
     from .convert.arch_from_weights import text_config_from_weights, unet_cfg_from_weights, vae_cfg_from_weights
+    from .convert.formats import format_of_keys
     from .convert.ldm import ldm_to_ours
     raw = _meta_state(Path(path))
     family = family_of_keys(list(raw))
-    sd = ldm_to_ours(raw)
+    sd = raw if format_of_keys(raw, str(path)) == 'scepter' else ldm_to_ours(raw)  # ours: already our names
     if family == 'sdxl-refiner':
         raise ConfigError(f"'{path}': an SDXL refiner single file; convert it to a diffusers folder or pass "
                           f'its recipe (--cfg): the refiner has no text-to-image recipe of its own here')

@@ -40,10 +40,10 @@ def _tokenizer(pad: str | None = None):
     return CLIPTokenizer.from_pretrained(str(TOKENIZER_FILES), **({'pad_token': pad} if pad else {}))
 
 
-def _text(hidden: int, act: str, projection: int | None = None, seed: int = 0) -> torch.nn.Module:
+def _text(hidden: int, act: str, projection: int | None = None, seed: int = 0, heads: int = 2) -> torch.nn.Module:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
     config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                            num_attention_heads=2, max_position_embeddings=77, hidden_act=act,
+                            num_attention_heads=heads, max_position_embeddings=77, hidden_act=act,
                             projection_dim=projection or hidden)
     return _random((CLIPTextModelWithProjection if projection else CLIPTextModel)(config), seed)
 
