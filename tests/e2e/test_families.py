@@ -129,6 +129,7 @@ def _reference(family: str, tmp_path: Path) -> tuple[Path, np.ndarray, list[str]
 def _infer(weights: Path, out: Path, args: list[str]) -> np.ndarray:
     proc = run_cli('infer', '--pretrained-model', str(weights), '--out', str(out), *args)
     assert 'initialised afresh' not in proc.stderr, proc.stderr  # no layer missing from the weights
+    assert 'no recipe; model family' in ' '.join(proc.stdout.split()), proc.stdout  # the detection, said once
     return np.asarray(Image.open(out / '00000.png').convert('RGB')).astype(float)
 
 
