@@ -1,7 +1,7 @@
 """The GPU path of the benchmarks: SD1.5's UNet training step and 512-px sampling in bf16,
 ours vs diffusers with the same (random) weights, on one CUDA device.
 
-    python bench/gpu.py [--parts sample train vae] [--batch 8 32 64] [--steps 8] [--sample-steps 50]
+    python bench/gpu.py [--parts sample train vae sdxl] [--batch 8 32 64] [--steps 8] [--sample-steps 50]
                         [--runs 5] [--compile] [--budget 480] [--small] [--out DIR]
 
 train:  UNet forward + backward + fused AdamW under bf16 autocast (fp32 master weights),
@@ -17,6 +17,10 @@ sample: one prompt, --sample-steps DDIM steps, CFG 7.5, 512 px, bf16: text encod
 vae:    the SD1.5 VAE at 512 px in bf16, the same weights on both sides: encode and decode at
         batch 1 and 8, tiled decode (32-latent tiles) and sliced decode (batch 8, one image at a
         time); milliseconds per call and peak allocated memory, ours vs diffusers' AutoencoderKL.
+
+sdxl:   SDXL base at 1024 px: the UNet's bf16 training step (cached latents and embeddings) and
+        30-step sampling eager / CUDA graph / compiled vs StableDiffusionXLPipeline
+        (bench/gpu_sdxl.py). Not in the default parts: name it.
 
 --budget (seconds) skips the later parts when time runs short; --small runs the tiny
 recipe's model at 64 px (a smoke test that runs anywhere, CPU included). Results go to
@@ -388,6 +392,11 @@ def bench_vae(run: Run) -> None:
         run.save()
 
 
+def bench_sdxl(run: Run) -> None:
+    from gpu_sdxl import bench_sdxl as sdxl
+    sdxl(run, time_steps, count_tflop, DATASHEET_BF16_TFLOPS, PROMPT)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--batch', type=int, nargs='+', default=[8, 32, 64])
@@ -398,7 +407,8 @@ def main() -> None:
     ap.add_argument('--sample-plans', nargs='+', default=None,
                     help='side:layout[:graph][:compile] rows, e.g. ours:channels_last:graph:compile')
     ap.add_argument('--budget', type=float, default=480, help='seconds; later parts are skipped past it')
-    ap.add_argument('--parts', nargs='+', default=['sample', 'train', 'vae'], choices=('sample', 'train', 'vae'))
+    ap.add_argument('--parts', nargs='+', default=['sample', 'train', 'vae'],
+                    choices=('sample', 'train', 'vae', 'sdxl'), help='sdxl: SDXL base at 1024 px (gpu_sdxl.py)')
     ap.add_argument('--small', action='store_true', help="the tiny recipe's model at 64 px (smoke test)")
     ap.add_argument('--out', default=None, help='folder for gpu.json (default bench/results)')
     run = Run(ap.parse_args())
@@ -407,7 +417,7 @@ def main() -> None:
     environment(run)
     for part in run.args.parts:
         try:
-            {'sample': bench_sample, 'train': bench_train, 'vae': bench_vae}[part](run)
+            {'sample': bench_sample, 'train': bench_train, 'vae': bench_vae, 'sdxl': bench_sdxl}[part](run)
         except Exception as e:  # noqa: BLE001 - keep the other part's figures
             import traceback
             traceback.print_exc()

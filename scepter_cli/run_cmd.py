@@ -136,7 +136,12 @@ def infer(prompt: list[str] = typer.Option(..., '--prompt', '-p', help='Prompt (
     Example: [cyan]scepter infer --pretrained-model work_dirs/tiny_shapes/checkpoints/latest --prompt "a red circle on a white background" --num-samples 4[/cyan]
     """
     given = locals()  # the sampling options are named after their forward_test keywords
-    from scepter_core.inference import generate_images
+    from scepter_core.inference import find_config, generate_images
+    if pretrained_model and not cfg and find_config(pretrained_model) is None:
+        from scepter_core.families import recipe_for
+        family = recipe_for(pretrained_model).get('FAMILY') or 'sd15'
+        console.print(f'{pretrained_model}: no recipe; model family [bold]{family}[/bold] detected, its recipe '
+                      f'read off the weights')
     sample = {a.key: given[a.kwarg] for a in SAMPLE_ARGS.values() if a.flags and a.kwarg}
     sample['IMAGE_SIZE'] = list(image_size) if image_size else None
     sample['CUDA_GRAPH'] = cuda_graph or None  # an unset flag leaves the recipe's choice

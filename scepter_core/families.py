@@ -55,9 +55,9 @@ def family_of_folder(configs: dict[str, dict], where: str | os.PathLike = 'diffu
 def family_of_keys(keys: list[str]) -> str:
     """The family of an original single file from its key names (SD2's 512 and 768-v files have
     the same names: 'sd21' is assumed; the v variant needs PARAMETERIZATION v and its size)."""
-    if any(k.startswith('conditioner.embedders.1.') for k in keys):
-        return 'sdxl'
-    if any(k.startswith('conditioner.embedders.0.model.') for k in keys):
+    if any(k.startswith(('conditioner.embedders.1.', 'cond_stage_model.embedders.1.')) for k in keys):
+        return 'sdxl'  # SGM's names, or ours
+    if any(k.startswith(('conditioner.embedders.0.model.', 'cond_stage_model.embedders.0.')) for k in keys):
         return 'sdxl-refiner'
     if any(k.startswith('cond_stage_model.model.') for k in keys):
         return 'sd21'
@@ -122,14 +122,36 @@ def flow_recipe(folder: str | os.PathLike) -> Config | None:
     if is_flux_folder(folder):
         block = flux_model_block(folder)
         dev = block['DIFFUSION_MODEL']['GUIDANCE_EMBED']
-        steps, scale = (28, 3.5) if dev else (4, 0.0)
+        steps, scale, family = (28, 3.5, 'flux-dev') if dev else (4, 0.0, 'flux-schnell')
     elif is_sd3_folder(folder):
-        block, steps, scale = sd3_model_block(folder), 28, 7.0
+        block, steps, scale, family = sd3_model_block(folder), 28, 7.0, 'sd3'
     else:
         return None
     args = {'SAMPLER': 'flow_euler', 'SAMPLE_STEPS': steps, 'GUIDE_SCALE': scale, 'IMAGE_SIZE': [1024, 1024],
             'SEED': 2024}
-    return Config({'SOLVER': {'NAME': 'LatentDiffusionSolver', 'MODEL': block, 'SAMPLE_ARGS': args}})
+    return Config({'FAMILY': family, 'SOLVER': {'NAME': 'LatentDiffusionSolver', 'MODEL': block, 'SAMPLE_ARGS': args}})
+
+
+def sdxl_blocks(unet: dict, texts: list[tuple[dict, str | None]], time_dim: int) -> dict[str, Any]:
+    """LatentDiffusionXL's blocks for an SDXL UNet block and its text encoders ((CLIPTextConfig
+    fields, tokenizer directory or None) each; the last one is bigG with projection): Scepter's
+    GeneralConditioner of the family table (CLIP-L penultimate, bigG penultimate + pooled, one
+    size embedding per add_time_ids pair; the refiner's: `refiner_model`)."""
+    from .models.family_table import SDXL_CONDITIONER
+    embedders = [dict(block) for block in SDXL_CONDITIONER['EMBEDDERS']]
+    text_blocks = [b for b in embedders if b['NAME'] != 'ConcatTimestepEmbedderND']
+    if len(text_blocks) != len(texts):
+        raise CheckpointError(f"an SDXL model needs {len(text_blocks)} text "
+                              f'encoder(s), found {len(texts)}')
+    for block, (config, tokenizer) in zip(text_blocks, texts):
+        block.update(CONFIG=config, MAX_LENGTH=min(77, config.get('max_position_embeddings', 77)),
+                     TOKENIZER_PATH=tokenizer)
+    for block in embedders:
+        if block['NAME'] == 'ConcatTimestepEmbedderND':
+            block['OUT_DIM'] = time_dim
+    head = unet.get('NUM_HEAD_CHANNELS', -1)  # DiffusionUNetXL's NUM_HEADS_CHANNELS wins over it: say it there
+    return {'NAME': 'LatentDiffusionXL', 'DIFFUSION_MODEL': {**unet, 'NAME': 'DiffusionUNetXL', 'NUM_HEADS_CHANNELS': head},
+            'COND_STAGE_MODEL': {'NAME': 'GeneralConditioner', 'EMBEDDERS': embedders}, 'TOKENIZER': None}
 
 
 def folder_recipe(path: str | os.PathLike) -> Config:
@@ -158,11 +180,9 @@ def folder_recipe(path: str | os.PathLike) -> Config:
                                    index.get('requires_aesthetics_score', True),
                                    index.get('force_zeros_for_empty_prompt', False)))
     elif family == 'sdxl':
-        encoders = [{'CONFIG': _text_block(configs[part]), 'PROJECTION': part == 'text_encoder_2',
-                     'TOKENIZER': _tokenizer(root, 'tokenizer' if part == 'text_encoder' else 'tokenizer_2')}
-                    for part in ('text_encoder', 'text_encoder_2') if part in configs]
-        model.update(NAME='InterimSDXL', TEXT_ENCODERS=encoders,
-                     TIME_EMBED_DIM=unet.get('addition_time_embed_dim', 256),
+        texts = [(_text_block(configs[part]), _tokenizer(root, 'tokenizer' if part == 'text_encoder' else 'tokenizer_2'))
+                 for part in ('text_encoder', 'text_encoder_2') if part in configs]
+        model.update(sdxl_blocks(model['DIFFUSION_MODEL'], texts, unet.get('addition_time_embed_dim', 256)),
                      FORCE_ZEROS_FOR_EMPTY_PROMPT=_json(root / 'model_index.json').get(
                          'force_zeros_for_empty_prompt', True))
     else:  # SD1.x: CLIP-L's last state; SD2 folders hold the OpenCLIP tower cut at its penultimate layer
@@ -191,13 +211,15 @@ def _meta_state(path: Path) -> dict:
 
 
 def file_recipe(path: str | os.PathLike) -> Config:
-    """The recipe for an original LDM / SGM single file: family from its names, sizes from its
-    shapes (arch_from_weights), sampling as the family's reference (scaled-linear betas, eps)."""
+    """The recipe for an original LDM / SGM single file (or our checkpoint without its recipe):
+    family from its names, sizes from its shapes (arch_from_weights), sampling as the family's
+    reference (scaled-linear betas, eps)."""
     from .convert.arch_from_weights import text_config_from_weights, unet_cfg_from_weights, vae_cfg_from_weights
+    from .convert.formats import format_of_keys
     from .convert.ldm import ldm_to_ours
     raw = _meta_state(Path(path))
     family = family_of_keys(list(raw))
-    sd = ldm_to_ours(raw)
+    sd = raw if format_of_keys(raw, str(path)) == 'scepter' else ldm_to_ours(raw)  # ours: already our names
     unet, vae = unet_cfg_from_weights(sd, None if family == 'sd15' else 64), vae_cfg_from_weights(sd)
     size_factor, size = 2 ** (len(vae['ENCODER']['CH_MULT']) - 1), DEFAULT_SIZE[family]
     model: dict[str, Any] = {
@@ -209,15 +231,11 @@ def file_recipe(path: str | os.PathLike) -> Config:
         text = text_config_from_weights(sd, 'cond_stage_model.embedders.0.transformer.', openclip=True)
         model.update(refiner_model(text, (unet['ADM_IN_CHANNELS'] - text['projection_dim']) // 5))
     elif family == 'sdxl':
-        encoders = []
-        for i in range(2):
-            prefix = f'cond_stage_model.embedders.{i}.transformer.'
-            bigg = f'{prefix}text_projection.weight' in sd
-            encoders.append({'CONFIG': text_config_from_weights(sd, prefix, openclip=bigg), 'PROJECTION': bigg,
-                             'PAD_TOKEN_ID': 0 if bigg else None})  # OpenCLIP pads with 0 ('!')
-        pooled = encoders[-1]['CONFIG']['projection_dim']
-        model.update(NAME='InterimSDXL', TEXT_ENCODERS=encoders,
-                     TIME_EMBED_DIM=(unet['ADM_IN_CHANNELS'] - pooled) // 6)
+        texts = [(text_config_from_weights(sd, f'cond_stage_model.embedders.{i}.transformer.',
+                                           openclip=f'cond_stage_model.embedders.{i}.transformer.text_projection.weight'
+                                           in sd), None) for i in range(2)]
+        pooled = texts[-1][0]['projection_dim']
+        model.update(sdxl_blocks(unet, texts, (unet['ADM_IN_CHANNELS'] - pooled) // 6))
     else:  # SD2: the OpenCLIP tower's penultimate layer, final norm applied (its projection is unused)
         sd2 = family == 'sd21'
         text = text_config_from_weights(sd, 'cond_stage_model.transformer.', openclip=sd2)

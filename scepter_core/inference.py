@@ -88,6 +88,9 @@ def build_model(pretrained_model: str | None, cfg_path: str | None = None, overr
     if path is None:  # weights without a recipe: the family's, read off a diffusers folder's configs
         from .families import recipe_for
         cfg, path = recipe_for(pretrained_model), Path(pretrained_model)
+        (logger or logging.getLogger('scepter')).info(
+            f"{pretrained_model}: no recipe given or beside it; family {cfg.get('FAMILY') or 'sd15'} detected, "
+            f"recipe read off its {'configs' if path.is_dir() else 'keys and shapes'}")
     else:
         cfg = Config.load(path)
     apply_overrides(cfg, overrides)

@@ -89,10 +89,10 @@ def read_ours(path: Path, logger: logging.Logger | None = None) -> LoraState:
 
 
 def detect_lora_format(keys: list[str]) -> str:
-    """'kohya', 'diffusers' (peft-style keys under unet. / text_encoder. / transformer.) or 'ours'."""
-    if any(k.startswith(('lora_unet_', 'lora_te_', 'lora_te1_', 'diffusion_model.')) for k in keys):
+    """'kohya', 'diffusers' (peft-style keys under unet. / text_encoder(_2). / transformer.) or 'ours'."""
+    if any(k.startswith(('lora_unet_', 'lora_te_', 'lora_te1_', 'lora_te2_', 'diffusion_model.')) for k in keys):
         return 'kohya'  # ComfyUI's diffusion_model.* layout reads as kohya's
-    if any(k.startswith(('unet.', 'text_encoder.', 'transformer.')) for k in keys):
+    if any(k.startswith(('unet.', 'text_encoder.', 'text_encoder_2.', 'transformer.')) for k in keys):
         return 'diffusers'
     if any(ADAPTER_KEY.match(k) for k in keys):
         return 'ours'
