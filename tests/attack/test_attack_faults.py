@@ -22,6 +22,7 @@ from scepter_core.solvers.state import resolve_checkpoint, step_dirs, step_numbe
 from tests.e2e.conftest import tiny_recipe, write_recipe
 
 LONG = 100000  # steps: the run only ends when the attack ends it
+pytestmark = pytest.mark.timeout(1800)  # real processes, each starting torch: slow on a busy machine
 
 
 def recipe(tmp: Path, work: Path, interval: int = 1, log: int = 1000, **solver: object) -> Path:

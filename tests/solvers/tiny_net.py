@@ -63,4 +63,5 @@ def train_tiny(work: Path, steps: int = 3, hooks: list[dict] | None = None, **so
 
 
 def weights(solver: Any) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in solver.unwrapped_model.state_dict().items()}
+    """The trained tensors (not the call counter)."""
+    return {k: v.detach().clone() for k, v in solver.unwrapped_model.state_dict().items() if k != 'calls'}
