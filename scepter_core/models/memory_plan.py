@@ -124,7 +124,7 @@ def build_meta(block: dict[str, Any]) -> nn.Module:
     for key in ('USE_GRAD_CHECKPOINT', 'USE_CHECKPOINT', 'OFFLOAD_BLOCKS', 'PRETRAINED_MODEL'):
         block.pop(key, None)
     with torch.device('meta'):
-        return BACKBONES.build(block)
+        return BACKBONES.build(block).to('meta')  # MMDiT's fixed positions are made on the CPU
 
 
 @contextlib.contextmanager
@@ -234,7 +234,7 @@ def latent_geometry(model: dict[str, Any]) -> tuple[int, int, int]:
     else:
         channels = int(backbone.get('IN_CHANNELS', 16))
         t5 = model.get('COND_STAGE_MODEL', {}).get('T5_XXL') or {}
-        tokens = 77 + int(t5.get('MAX_LENGTH', 256))
+        tokens = 77 + int(t5.get('LENGTH', t5.get('MAX_LENGTH', 256)))
     encoder = (model.get('FIRST_STAGE_MODEL') or {}).get('ENCODER') or {}
     factor = 2 ** (len(encoder.get('CH_MULT', [1, 2, 4, 4])) - 1)  # the VAE's downsampling, as it encodes
     return channels, factor, tokens
@@ -264,7 +264,7 @@ def _encoder_parameters(block: dict[str, Any]) -> int:
     for key, value in block.items():
         if isinstance(value, dict) and 'NAME' in value:
             counted += _encoder_parameters(value)
-    path = block.get('MODEL_PATH')
+    path = block.get('MODEL_PATH') or (block.get('PRETRAINED_MODEL') if block.get('NAME') != 'Flux' else None)
     if path and Path(str(path)).is_dir():
         counted += sum(_header_counts(sorted(Path(str(path)).glob('*.safetensors'))).values())
     return counted
