@@ -30,7 +30,7 @@ def build(root, cache_dir=None, weights=None):
 
 
 def losses(model) -> list[float]:
-    random.seed(5)  # the caption dropout's draws
+    random.seed(1)  # the caption dropout draws: the first caption is dropped
     torch.manual_seed(6)
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
