@@ -11,11 +11,10 @@ flow blocks' attention table, oneDNN linears) and without, so one run shows the 
 after. Same thread count, calls run in turn. Writes bench/results/flow.json."""
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
-from common import ratio, report, results_name, set_threads, time_interleaved
+from common import ratio, report, results_name, set_threads, time_interleaved, tiny_args
 
 from scepter_core import accel
 from scepter_core.convert.flux_map import flux_from_diffusers
@@ -139,12 +138,7 @@ def sampling(kind: str, batch: int, size: int, n: int = 8) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument('--steps', type=int, default=10)
-    ap.add_argument('--threads', type=int, default=None)
-    ap.add_argument('--batch', type=int, default=4)
-    ap.add_argument('--size', type=int, default=32)
-    args = ap.parse_args()
+    args = tiny_args()
     threads = set_threads(args.threads)
     rows = []
     for kind in ('flux', 'sd3'):

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from common import RESULTS
+from common import RESULTS, bf16_sampler
 
 ISSUE_TFLOP_PER_IMAGE = 0.8     # the issue's count for one SD1.5 UNet forward at 64x64 latents
 DATASHEET_BF16_TFLOPS = 989.4   # H100 / H200 SXM dense bf16
@@ -279,11 +279,7 @@ def bench_sample(run: Run) -> None:
     kw = dict(sample_steps=args.sample_steps, guide_scale=7.5, guide_rescale=0.0, seed=2023, sampler='ddim',
               discretization='trailing', image_size=[size, size])
 
-    def ours_fn(graph: bool) -> Callable[[], torch.Tensor]:
-        def fn() -> torch.Tensor:
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
-                return ours.forward_test([PROMPT], [''], cuda_graph=graph, **kw)[0]['image']
-        return fn
+    ours_fn = bf16_sampler(ours, PROMPT, dev, kw)
 
     def theirs() -> torch.Tensor:
         g = torch.Generator(device=dev).manual_seed(2023)

@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable
 
 import torch
+from common import bf16_sampler
 
 TINY = {'MODEL_CHANNELS': 32, 'CHANNEL_MULT': [1, 2], 'ATTENTION_RESOLUTIONS': [2], 'TRANSFORMER_DEPTH': [0, 2],
         'NUM_HEADS_CHANNELS': 16, 'CONTEXT_DIM': 64, 'ADM_IN_CHANNELS': 32 + 6 * 256}
@@ -148,11 +149,7 @@ def sample(run: Any, time_steps: Callable, prompt: str) -> None:
     kw = dict(sample_steps=steps, guide_scale=5.0, guide_rescale=0.0, seed=2023, sampler='ddim',
               discretization='trailing', image_size=[size, size])
 
-    def ours_fn(graph: bool) -> Callable[[], torch.Tensor]:
-        def fn() -> torch.Tensor:
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
-                return ours.forward_test([prompt], [''], cuda_graph=graph, **kw)[0]['image']
-        return fn
+    ours_fn = bf16_sampler(ours, prompt, dev, kw)
 
     def theirs() -> torch.Tensor:
         with torch.inference_mode():

@@ -10,10 +10,9 @@ UNet2DConditionModel (addition_embed_type text_time) with the loss of its SDXL t
 and DDIMScheduler's loop. Same thread count, calls run in turn. Writes bench/results/sdxl.json."""
 from __future__ import annotations
 
-import argparse
 
 import torch
-from common import ratio, report, results_name, set_threads, time_interleaved, unet_twins
+from common import ratio, report, results_name, set_threads, time_interleaved, tiny_args, unet_twins
 
 from scepter_core.models.embedders.timestep_nd import ConcatTimestepEmbedderND
 from scepter_core.registry import DIFFUSIONS
@@ -101,12 +100,7 @@ def sampling(batch: int, size: int, n: int = 8) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument('--steps', type=int, default=10)
-    ap.add_argument('--threads', type=int, default=None)
-    ap.add_argument('--batch', type=int, default=4)
-    ap.add_argument('--size', type=int, default=32)
-    args = ap.parse_args()
+    args = tiny_args()
     threads = set_threads(args.threads)
     rows = []
     for what, make in (('train step', train_steps), ('sampling (8 DDIM steps, CFG)', sampling)):
