@@ -137,7 +137,8 @@ def infer(prompt: list[str] = typer.Option(..., '--prompt', '-p', help='Prompt (
     """
     given = locals()  # the sampling options are named after their forward_test keywords
     from scepter_core.inference import find_config, generate_images
-    if pretrained_model and not cfg and find_config(pretrained_model) is None:
+    # an absent path is generate_images' to report, after the flags are checked
+    if pretrained_model and not cfg and Path(pretrained_model).exists() and find_config(pretrained_model) is None:
         from scepter_core.families import recipe_for
         family = recipe_for(pretrained_model).get('FAMILY') or 'sd15'
         console.print(f'{pretrained_model}: no recipe; model family [bold]{family}[/bold] detected, its recipe '
