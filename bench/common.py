@@ -163,3 +163,27 @@ def report(name: str, title: str, columns: list[str], rows: list[list[Any]], ext
     path.write_text(json.dumps(data, indent=2) + '\n')
     console.print(f'[dim]wrote {path.relative_to(ROOT)}[/dim]')
     return path
+
+
+def tiny_args() -> Any:
+    """The tiny in-process benchmarks' flags: timed steps, threads, batch, latent side."""
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--steps', type=int, default=10)
+    ap.add_argument('--threads', type=int, default=None)
+    ap.add_argument('--batch', type=int, default=4)
+    ap.add_argument('--size', type=int, default=32)
+    return ap.parse_args()
+
+
+def bf16_sampler(model: Any, prompt: str, device: Any, kw: dict) -> Callable[[bool], Callable[[], Any]]:
+    """`make(graph)`: one bf16-autocast forward_test of `prompt` (empty negative), with or
+    without the CUDA graph, returning the image: our side of the GPU sampling rows."""
+    import torch
+
+    def make(graph: bool) -> Callable[[], Any]:
+        def fn() -> Any:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+                return model.forward_test([prompt], [''], cuda_graph=graph, **kw)[0]['image']
+        return fn
+    return make

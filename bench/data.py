@@ -7,7 +7,7 @@ tensor), and one tiny-example epoch (loader + VAE encode) without and with the d
 The folder is generated (random sizes 48-192 px, PNG + JPEG, sidecar captions). The VAE is the
 tiny example's (examples/tiny_shapes_vae.yaml, random weights: speed does not depend on them).
 An epoch "after the first" reads latents from SOLVER.CACHE_DIR-style shards instead of
-running the VAE; images are still decoded (the cache key is the pixels the VAE would see).
+running the VAE, and its batches read no image (their latent_key is on disk: the probe says so).
 Writes bench/results/data.json."""
 from __future__ import annotations
 
@@ -90,7 +90,10 @@ def epoch_seconds(data, vae, cache, steps: int) -> float:
     t0 = time.perf_counter()
     with torch.no_grad():
         for batch in itertools.islice(iter(build_dataloader(data, seed=0)), steps):
-            cache.encode_images(vae, batch['image']) if cache is not None else vae.encode(batch['image'])
+            if cache is not None:
+                cache.encode_images(vae, batch.get('image'), batch.get('latent_key'))
+            else:
+                vae.encode(batch['image'])
     return time.perf_counter() - t0
 
 
@@ -124,8 +127,9 @@ def main() -> None:
         uncached = epoch_seconds(data, vae, None, steps)
         filling = LatentCache(disk=DiskStore(Path(tmp) / 'cache'))
         first = epoch_seconds(data, vae, filling, steps)
-        filling.disk.flush()
+        filling.disk.close()
         reading = LatentCache(disk=DiskStore(Path(tmp) / 'cache'))  # a later run: nothing in memory
+        data.attach_latent_probe(reading.disk.probe(reading.named_scope(vae, next(vae.parameters()).dtype)))
         later = epoch_seconds(data, vae, reading, steps)
     report('data', f'loader images/s ({args.images} images, {args.resolution}x{args.resolution} budget, '
                    f'batch {args.batch}, {args.threads} thread(s)); plain/ours above 1: plain faster',

@@ -6,15 +6,17 @@ denoising loop (flow Euler, FLUX-dev guidance embedded / SD3 with CFG).
 
 Each side runs its own stack: our backbone under FlowMatchDiffusion.loss / .sample; diffusers'
 FluxTransformer2DModel / SD3Transformer2DModel with the loss of its training scripts and
-FlowMatchEulerDiscreteScheduler's loop. Same thread count, calls run in turn. Writes
-bench/results/flow.json."""
+FlowMatchEulerDiscreteScheduler's loop; ours twice, with the CPU fast paths (accel.apply: the
+flow blocks' attention table, oneDNN linears) and without, so one run shows the ratio before and
+after. Same thread count, calls run in turn. Writes bench/results/flow.json."""
 from __future__ import annotations
 
-import argparse
+import copy
 
 import torch
-from common import ratio, report, results_name, set_threads, time_interleaved
+from common import ratio, report, results_name, set_threads, time_interleaved, tiny_args
 
+from scepter_core import accel
 from scepter_core.convert.flux_map import flux_from_diffusers
 from scepter_core.convert.mmdit_map import mmdit_from_diffusers
 from scepter_core.diffusion import FlowMatchDiffusion
@@ -72,14 +74,17 @@ def steps(kind: str, batch: int, size: int) -> dict:
     cond = {'crossattn': txt, 'y': pooled, 'guidance': torch.full((batch,), 3.5)}
     diffusion = FlowMatchDiffusion({'NOISE_SCHEDULER': {'NAME': 'FlowMatchSigmaScheduler',
                                                         'WEIGHTING_SCHEME': 'logit_normal', 'SHIFT': 3.0}})
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=True)
     opt_theirs = torch.optim.AdamW(ref.parameters(), lr=1e-4, fused=True)
 
-    def ours_step():
-        loss = diffusion.loss(x0, None, ours, {'cond': cond}, reduction='mean')
-        loss.backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
+    def ours_step(model):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+        def step():
+            loss = diffusion.loss(x0, None, model, {'cond': cond}, reduction='mean')
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
 
     def theirs_step():
         s = torch.sigmoid(torch.randn(batch))
@@ -91,7 +96,8 @@ def steps(kind: str, batch: int, size: int) -> dict:
         loss.backward()
         opt_theirs.step()
         opt_theirs.zero_grad(set_to_none=True)
-    return {'ours': ours_step, 'diffusers': theirs_step}
+    fast = accel.apply(copy.deepcopy(ours), 'train')
+    return {'ours': ours_step(ours), 'ours_accel': ours_step(fast), 'diffusers': theirs_step}
 
 
 def sampling(kind: str, batch: int, size: int, n: int = 8) -> dict:
@@ -106,9 +112,11 @@ def sampling(kind: str, batch: int, size: int, n: int = 8) -> dict:
     cond = {'crossattn': txt, 'y': pooled, 'guidance': torch.full((batch,), 3.5)}
     kwargs = [{'cond': cond}, {'cond': {**cond, 'crossattn': torch.zeros_like(txt)}}] if cfg else {'cond': cond}
 
-    def ours_run():
-        with torch.inference_mode():
-            diffusion.sample(noise, ours, kwargs, solver='flow_euler', steps=n, guide_scale=5.0 if cfg else None)
+    def ours_run(model):
+        def run():
+            with torch.inference_mode():
+                diffusion.sample(noise, model, kwargs, solver='flow_euler', steps=n, guide_scale=5.0 if cfg else None)
+        return run
 
     def theirs_run():
         sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
@@ -125,25 +133,23 @@ def sampling(kind: str, batch: int, size: int, n: int = 8) -> dict:
                 else:
                     v = theirs_call(kind, ref, x, s, txt, pooled)
                 x = sched.step(v, t, x).prev_sample
-    return {'ours': ours_run, 'diffusers': theirs_run}
+    fast = accel.apply(copy.deepcopy(ours), 'infer')
+    return {'ours': ours_run(ours), 'ours_accel': ours_run(fast), 'diffusers': theirs_run}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument('--steps', type=int, default=10)
-    ap.add_argument('--threads', type=int, default=None)
-    ap.add_argument('--batch', type=int, default=4)
-    ap.add_argument('--size', type=int, default=32)
-    args = ap.parse_args()
+    args = tiny_args()
     threads = set_threads(args.threads)
     rows = []
     for kind in ('flux', 'sd3'):
         for what, make in (('train step', steps), ('sampling (8 steps)', sampling)):
             t = time_interleaved(make(kind, args.batch, args.size), args.steps)
-            rows.append([f'{kind} {what}', t['ours']['wall_s'] * 1000, t['diffusers']['wall_s'] * 1000,
-                         ratio(t['diffusers']['wall_s'], t['ours']['wall_s'])])
+            d = t['diffusers']['wall_s']
+            rows.append([f'{kind} {what}', t['ours']['wall_s'] * 1000, t['ours_accel']['wall_s'] * 1000, d * 1000,
+                         ratio(d, t['ours']['wall_s']), ratio(d, t['ours_accel']['wall_s'])])
     report(results_name('flow', threads), f'tiny flow transformers, batch {args.batch}, {args.size}x{args.size} latents',
-           ['run', 'ours ms', 'diffusers ms', 'diffusers / ours'], rows)
+           ['run', 'ours ms (stock)', 'ours ms (accel)', 'diffusers ms', 'diffusers / ours before',
+            'diffusers / ours after'], rows)
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 """The GPU path of the benchmarks: SD1.5's UNet training step and 512-px sampling in bf16,
 ours vs diffusers with the same (random) weights, on one CUDA device.
 
-    python bench/gpu.py [--parts sample train vae] [--batch 8 32 64] [--steps 8] [--sample-steps 50]
+    python bench/gpu.py [--parts sample train vae sdxl flux] [--batch 8 32 64] [--steps 8] [--sample-steps 50]
                         [--runs 5] [--compile] [--budget 480] [--small] [--out DIR]
 
 train:  UNet forward + backward + fused AdamW under bf16 autocast (fp32 master weights),
@@ -17,6 +17,13 @@ sample: one prompt, --sample-steps DDIM steps, CFG 7.5, 512 px, bf16: text encod
 vae:    the SD1.5 VAE at 512 px in bf16, the same weights on both sides: encode and decode at
         batch 1 and 8, tiled decode (32-latent tiles) and sliced decode (batch 8, one image at a
         time); milliseconds per call and peak allocated memory, ours vs diffusers' AutoencoderKL.
+flux:   FLUX.1-dev's transformer at 1024 px (bench/gpu_flux.py): a rank-16 LoRA step under each
+        memory switch (bf16 / int8 base, checkpointing, block offload) with its peak memory beside
+        the memory plan's, and 28-step sampling eager / compiled. Not in the default --parts.
+
+sdxl:   SDXL base at 1024 px: the UNet's bf16 training step (cached latents and embeddings) and
+        30-step sampling eager / CUDA graph / compiled vs StableDiffusionXLPipeline
+        (bench/gpu_sdxl.py). Not in the default parts: name it.
 
 --budget (seconds) skips the later parts when time runs short; --small runs the tiny
 recipe's model at 64 px (a smoke test that runs anywhere, CPU included). Results go to
@@ -33,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from common import RESULTS
+from common import RESULTS, bf16_sampler
 
 ISSUE_TFLOP_PER_IMAGE = 0.8     # the issue's count for one SD1.5 UNet forward at 64x64 latents
 DATASHEET_BF16_TFLOPS = 989.4   # H100 / H200 SXM dense bf16
@@ -272,11 +279,7 @@ def bench_sample(run: Run) -> None:
     kw = dict(sample_steps=args.sample_steps, guide_scale=7.5, guide_rescale=0.0, seed=2023, sampler='ddim',
               discretization='trailing', image_size=[size, size])
 
-    def ours_fn(graph: bool) -> Callable[[], torch.Tensor]:
-        def fn() -> torch.Tensor:
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
-                return ours.forward_test([PROMPT], [''], cuda_graph=graph, **kw)[0]['image']
-        return fn
+    ours_fn = bf16_sampler(ours, PROMPT, dev, kw)
 
     def theirs() -> torch.Tensor:
         g = torch.Generator(device=dev).manual_seed(2023)
@@ -388,6 +391,11 @@ def bench_vae(run: Run) -> None:
         run.save()
 
 
+def bench_sdxl(run: Run) -> None:
+    from gpu_sdxl import bench_sdxl as sdxl
+    sdxl(run, time_steps, count_tflop, DATASHEET_BF16_TFLOPS, PROMPT)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--batch', type=int, nargs='+', default=[8, 32, 64])
@@ -398,7 +406,9 @@ def main() -> None:
     ap.add_argument('--sample-plans', nargs='+', default=None,
                     help='side:layout[:graph][:compile] rows, e.g. ours:channels_last:graph:compile')
     ap.add_argument('--budget', type=float, default=480, help='seconds; later parts are skipped past it')
-    ap.add_argument('--parts', nargs='+', default=['sample', 'train', 'vae'], choices=('sample', 'train', 'vae'))
+    ap.add_argument('--parts', nargs='+', default=['sample', 'train', 'vae'],
+                    choices=('sample', 'train', 'vae', 'sdxl', 'flux'),
+                    help='sdxl: SDXL base at 1024 px (gpu_sdxl.py); flux: FLUX.1-dev LoRA (gpu_flux.py)')
     ap.add_argument('--small', action='store_true', help="the tiny recipe's model at 64 px (smoke test)")
     ap.add_argument('--out', default=None, help='folder for gpu.json (default bench/results)')
     run = Run(ap.parse_args())
@@ -407,7 +417,9 @@ def main() -> None:
     environment(run)
     for part in run.args.parts:
         try:
-            {'sample': bench_sample, 'train': bench_train, 'vae': bench_vae}[part](run)
+            from gpu_flux import bench_flux
+            {'sample': bench_sample, 'train': bench_train, 'vae': bench_vae, 'sdxl': bench_sdxl,
+             'flux': bench_flux}[part](run)
         except Exception as e:  # noqa: BLE001 - keep the other part's figures
             import traceback
             traceback.print_exc()
@@ -424,12 +436,17 @@ def print_tables(data: dict) -> None:
     parts = {'train': ('side', 'layout', 'compiled', 'batch', 'step_s', 'images_per_s', 'peak_gib', 'mfu_issue_count'),
              'sample': ('side', 'layout', 'cuda_graph', 'compiled', 'seconds_per_image', 'peak_gib'),
              'vae': ('side', 'mode', 'batch', 'ms', 'peak_gib')}
+    flux = data.get('flux') or []
+    data = {**data, 'flux_lora': [r for r in flux if r['row'] == 'lora'],
+            'flux_sample': [r for r in flux if r['row'] == 'sample']}
+    parts.update({'flux_lora': ('side', 'base', 'checkpointing', 'offload', 'step_s', 'peak_gib', 'planned_gib'),
+                  'flux_sample': ('side', 'compiled', 'steps', 'seconds_per_image', 'peak_gib')})
     for part, cols in parts.items():
         if not data.get(part):
             continue
-        table = Table(title=f"{part} on {data['env'].get('gpu', 'CPU')}")
+        table = Table(title=f"{part} on {data.get('env', {}).get('gpu', 'CPU')}")
         for col in cols:
-            table.add_column(col, justify='left' if col in ('side', 'layout', 'mode') else 'right')
+            table.add_column(col, justify='left' if col in ('side', 'layout', 'mode', 'base') else 'right')
         for row in data[part]:
             table.add_row(*[f'{row[c]:.3g}' if isinstance(row[c], float) else str(row[c]) for c in cols])
         Console(width=140).print(table)

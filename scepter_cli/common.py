@@ -14,20 +14,21 @@ IMPORT_HELP = 'Python file or module that registers user classes (repeatable).'
 
 SetOpt = typer.Option(None, '--set', '-s', help=SET_HELP, metavar='KEY=VALUE')
 ImportOpt = typer.Option(None, '--import', help=IMPORT_HELP, metavar='PATH')
+TrustOpt = typer.Option(False, '--trust-imports',
+                        help="Run the recipe's IMPORTS (user code), which only train and test run by themselves.")
 
 
-def load_config(cfg_path: str, overrides: Optional[list[str]], imports: Optional[list[str]] = None):
+def load_config(cfg_path: str, overrides: Optional[list[str]], imports: Optional[list[str]] = None,
+                trust_imports: bool = True):
     """Read a recipe, apply `--set` overrides, load user code named by --import (relative
-    to the working directory) and by the recipe's IMPORTS (relative to the recipe first)."""
+    to the working directory) and, when `trust_imports`, by the recipe's IMPORTS (relative to
+    the recipe first). Returns (recipe, the line saying which IMPORTS were not run, or '')."""
     from scepter_core.config import Config
-    from scepter_core.errors import ConfigError
-    from scepter_core.imports import import_user_code
+    from scepter_core.imports import import_user_code, recipe_imports, untrusted_note
     cfg = Config.load(cfg_path, overrides or [])
-    import_user_code(list(imports or []))
-    recipe_imports = cfg.get('IMPORTS') or []
-    if isinstance(recipe_imports, str):
-        recipe_imports = [recipe_imports]
-    if not isinstance(recipe_imports, list):
-        raise ConfigError(f"'IMPORTS': expected a list of files or modules, got {recipe_imports!r}")
-    import_user_code(recipe_imports, base_dir=cfg_path)
-    return cfg
+    import_user_code(list(imports or []), label='--import')
+    items = recipe_imports(cfg)
+    if not trust_imports:
+        return cfg, untrusted_note(items)
+    import_user_code(items, base_dir=cfg_path)
+    return cfg, ''

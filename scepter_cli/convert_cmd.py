@@ -1,4 +1,4 @@
-"""`scepter convert SRC DST --to ldm|diffusers|scepter`: Stable Diffusion weights between formats."""
+"""`scepter convert SRC DST --to ldm|diffusers|scepter|kohya|peft|comfy`: weights between formats."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import console
+from .common import TrustOpt, console
 
 
 def _size(path: Path) -> int:
@@ -17,14 +17,19 @@ def _size(path: Path) -> int:
 
 def convert(src: str = typer.Argument(..., help='SD single file (.safetensors/.ckpt), diffusers folder or our checkpoint.'),
             dst: str = typer.Argument(..., help='Output: a file for ldm / scepter, a folder for diffusers.'),
-            to: str = typer.Option(..., '--to', help='Target format: ldm, diffusers or scepter.'),
+            to: str = typer.Option(..., '--to', help='Target format: ldm, diffusers or scepter; for LoRA adapters '
+                                   'kohya, peft (diffusers load_lora_weights) or comfy.'),
             use_ema: bool = typer.Option(False, '--use-ema', help='Write the EMA copy of the UNet as the UNet (EMA-only file).'),
             cfg: Optional[str] = typer.Option(None, '--cfg', '-c', help='Recipe whose DIFFUSION_MODEL / FIRST_STAGE_MODEL '
                                               'describe the model (default: SD1.5, or a diffusers source\'s own configs).'),
             merge_lora: Optional[list[str]] = typer.Option(None, '--merge-lora', help='LoRA file[:scale] to fold into the '
-                                                           'weights (repeatable; files as for infer --lora).')) -> None:
+                                                           'weights (repeatable; files as for infer --lora).'),
+            trust_imports: bool = TrustOpt,
+            base: Optional[str] = typer.Option(None, '--base', help='With --to kohya|peft|comfy and a LoRA file as SRC: '
+                                               'the base model the file adapts (names are resolved on it).')) -> None:
     """Convert Stable Diffusion weights between the original single file (ldm), a diffusers
-    folder and our checkpoint (scepter). The format of SRC is detected.
+    folder and our checkpoint (scepter). The format of SRC is detected. With --to kohya, peft
+    or comfy, a LoRA run's adapters (or a LoRA file's, with --base) are written as that LoRA file.
 
     With --merge-lora (or a LoRA run's checkpoint as SRC, whose recipe names its base model)
     the adapters are merged into the base weights: DST is a plain full checkpoint that loads
@@ -36,12 +41,15 @@ def convert(src: str = typer.Argument(..., help='SD single file (.safetensors/.c
       [cyan]scepter convert work_dirs/run/checkpoints/latest/model.safetensors out.ckpt --to ldm --use-ema --cfg recipe.yaml[/cyan]
       [cyan]scepter convert sd15.safetensors sd15_style.safetensors --to ldm --merge-lora style.safetensors:0.8[/cyan]
       [cyan]scepter convert work_dirs/tiny_shapes_lora merged.safetensors --to scepter[/cyan]
+      [cyan]scepter convert work_dirs/sdxl_lora sdxl_lora_kohya.safetensors --to kohya[/cyan]
+      [cyan]scepter convert style_kohya.safetensors style_peft.safetensors --to peft --base sdxl-diffusers[/cyan]
     """
     from rich.table import Table
 
     from scepter_core.convert.run import convert_weights
     with console.status(f'converting {src} to {to} ...'):
-        done = convert_weights(src, dst, to, use_ema=use_ema, cfg_path=cfg, merge_lora=merge_lora or [])
+        done = convert_weights(src, dst, to, use_ema=use_ema, cfg_path=cfg, merge_lora=merge_lora or [], base=base,
+                               trust_imports=trust_imports)
     console.print(f'read [bold]{done.source_format}[/bold] {src}: {done.tensors} tensors'
                   + (f" (LoRA merged: {', '.join(done.merged)})" if done.merged else ''))
     table = Table(title=f'wrote {to}', show_header=True)

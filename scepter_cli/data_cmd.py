@@ -40,12 +40,11 @@ def inspect_cmd(path: str = typer.Argument(..., help='Image folder, metadata.jso
                   f'[red]{len(report.bad)}[/red] bad, [yellow]{len(report.no_caption)}[/yellow] without a caption')
     for p, reason in sorted(report.bad.items()):
         console.print(f'  [red]bad[/red] {p}: {reason}', highlight=False)
-    total = sum(report.buckets.values()) or 1
     table = Table(title=f'buckets at {resolution}x{resolution} pixels, alignment {alignment}')
-    for col in ('height x width', 'aspect (w/h)', 'images', 'share'):
+    for col in report.BUCKET_COLUMNS:
         table.add_column(col, justify='right')
-    for (h, w), n in report.buckets.items():
-        table.add_row(f'{h} x {w}', f'{w / h:.2f}', str(n), f'{n / total:.1%}')
+    for row in report.bucket_rows():
+        table.add_row(*row)
     console.print(table)
     if plot:
         console.print(f'aspect-ratio histogram: {plot}')
@@ -62,7 +61,7 @@ def cache_cmd(cfg: str = typer.Option(..., '--cfg', '-c', help='Training recipe 
     """
     from scepter_core.data_cache import fill_cache
     from scepter_core.launch import launch
-    stats = launch(load_config(cfg, overrides, imports), mode='train', fn=fill_cache)
+    stats = launch(load_config(cfg, overrides, imports)[0], mode='train', fn=fill_cache)
     if isinstance(stats, dict):
         console.print(f"cached: {stats['computed']} rows computed, {stats['found']} already on disk "
                       f"({stats['batches']} batches per process)")

@@ -55,6 +55,15 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self, value) -> None:
         pass
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        # once a run gave the 'scepter' logger its own handlers (logs.setup_logging), its records
+        # are printed there: a warning shows once, not twice
+        if record.name.split('.')[0] == 'scepter' and any(
+                getattr(h, '_scepter', False) and getattr(h, 'stream', None) is sys.stderr
+                for h in logging.getLogger('scepter').handlers):
+            return False
+        return super().filter(record)
+
 
 def _setup_logging() -> None:
     """Warnings from the library (e.g. keys ignored with STRICT off) as `WARNING: ...` lines

@@ -23,6 +23,13 @@ def info_cmd(path: Optional[str] = typer.Argument(None, help='A diffusers folder
                                                        'sd35-medium or sd35-large.'),
              dtype: str = typer.Option('float16', '--dtype', help='Inference / frozen-weight dtype.'),
              lora_rank: int = typer.Option(64, '--lora-rank', help='Rank of the LoRA size estimate.'),
+             plan: bool = typer.Option(False, '--plan', help='Flow families: peak training memory with activations '
+                                                             'for each switch (full / LoRA / int8 base, checkpointing).'),
+             cfg: Optional[str] = typer.Option(None, '--cfg', '-c', help='A FLUX / SD3 training recipe: its planned '
+                                                                         'peak memory at its switches.'),
+             batch: int = typer.Option(1, '--batch', help='Batch size of the --plan.'),
+             size: Optional[tuple[int, int]] = typer.Option(None, '--size', help='Image height width of the plan '
+                                                                                 '(default 1024 1024, or the recipe\'s).'),
              as_json: bool = typer.Option(False, '--json', help='Print JSON for scripts.')) -> None:
     """Parameters of each component (diffusers' folder names), their size per dtype, and the
     memory for weights, gradients and optimizer state (not activations) to run, fine-tune or
@@ -34,9 +41,16 @@ def info_cmd(path: Optional[str] = typer.Argument(None, help='A diffusers folder
     from rich.table import Table
     from scepter_core.errors import ConfigError
     from scepter_core.models import info
+    if cfg:
+        return _recipe_plan(cfg, size, as_json)
     if (path is None) == (family is None):
-        raise ConfigError('scepter model info: give a PATH or --family (one of them)')
+        raise ConfigError('scepter model info: give a PATH, --family or --cfg (one of them)')
     data = info.family_info(family, dtype, lora_rank) if family else info.path_info(path, dtype, lora_rank)
+    if plan:
+        from scepter_core.models.memory_plan import family_plan
+        if not family:
+            raise ConfigError('scepter model info --plan: give --family (flux-dev, flux-schnell, sd35-medium, sd35-large)')
+        data['plan'] = family_plan(family, dtype, lora_rank, batch, tuple(size or (1024, 1024)))
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
@@ -49,7 +63,32 @@ def info_cmd(path: Optional[str] = typer.Argument(None, help='A diffusers folder
         table.add_row(name, f"{c['parameters']:,}", _gib(c['bytes']['float32']),
                       _gib(c['bytes'][dtype]), f'{lora:,}' if lora is not None else '-')
     console.print(table)
+    if plan:
+        _print_plan(data['plan'], f'{family}, {dtype}, batch {batch}, {tuple(size or (1024, 1024))} px')
     mem = data['memory']
     console.print(f"memory ({dtype} weights; activations not included): inference {_gib(mem['inference'])}, "
                   f"full UNet fine-tune with AdamW {_gib(mem['full_training'])}, "
                   f"LoRA r{lora_rank} {_gib(mem['lora_training'])}")
+
+
+def _print_plan(rows: list[dict], title: str) -> None:
+    from rich.table import Table
+    table = Table(title=f'planned peak training memory ({title}; activations traced)')
+    for col in ('tuning', 'base', 'checkpointing', 'weights', 'grads + optimizer', 'activations', 'peak'):
+        table.add_column(col, justify='left' if col == 'tuning' else 'right', no_wrap=True)
+    for r in rows:
+        s = r['switches']
+        table.add_row(f"LoRA r{s['lora_rank']}" if s['lora_rank'] else 'full', s['quantize'] or s['dtype'],
+                      'on' if s['checkpointing'] else 'off', _gib(r['weights']),
+                      _gib(r['gradients'] + r['optimizer']), _gib(r['activations']), _gib(r['peak']))
+    console.print(table)
+
+
+def _recipe_plan(cfg_path: str, size: Optional[tuple[int, int]], as_json: bool) -> None:
+    from scepter_core.config import Config
+    from scepter_core.models.memory_plan import recipe_plan
+    data = recipe_plan(Config.load(cfg_path), tuple(size) if size else None)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    _print_plan([data], f"{cfg_path}, batch {data['switches']['batch']}, {tuple(data['switches']['size'])} px")

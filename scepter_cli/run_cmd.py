@@ -7,14 +7,15 @@ from typing import Any, Optional
 import typer
 from scepter_core.sample_args import BY_KEY as SAMPLE_ARGS
 
-from .common import ImportOpt, SetOpt, console, load_config
+from .common import ImportOpt, SetOpt, TrustOpt, console, load_config
 
 
 def _prepare(cfg_path: str, overrides: Optional[list[str]], imports: Optional[list[str]],
-             work_dir: Optional[str], launcher: Optional[str]):
+             work_dir: Optional[str], launcher: Optional[str], own_weights: bool = True):
+    """The recipe, validated; `own_weights`: it loads the weights it names (no --pretrained-model)."""
     from scepter_core.errors import ConfigError
-    from scepter_core.validate import validate_recipe
-    cfg = load_config(cfg_path, overrides, imports)
+    from scepter_core.validate import missing_weights_producer, validate_recipe
+    cfg, _ = load_config(cfg_path, overrides, imports)
     if work_dir:
         cfg.set('SOLVER.WORK_DIR', work_dir)
     if launcher:
@@ -22,6 +23,9 @@ def _prepare(cfg_path: str, overrides: Optional[list[str]], imports: Optional[li
     problems = validate_recipe(cfg)
     if problems:
         raise ConfigError('\n'.join(problems))
+    first = missing_weights_producer(cfg, cfg_path) if own_weights else None
+    if first:
+        raise ConfigError(first)
     return cfg
 
 
@@ -38,16 +42,20 @@ def train(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file (YAML or
       [cyan]scepter train --cfg recipe.yaml --set SOLVER.MAX_STEPS=10 --resume latest[/cyan]
       [cyan]torchrun --nproc_per_node 4 -m scepter_cli train --cfg recipe.yaml --launcher torchrun[/cyan]
     """
+    import contextlib
     from scepter_core.launch import is_first_process, launch
+    from scepter_core.solvers.lock import work_dir_lock
     config = _prepare(cfg, overrides, imports, work_dir, launcher)
     if resume:
         config.set('SOLVER.RESUME_FROM', resume)
-        config.set('SOLVER.LOAD_MODEL_ONLY', False)
+        if not any(o.split('=', 1)[0].strip() == 'SOLVER.LOAD_MODEL_ONLY' for o in overrides or []):
+            config.set('SOLVER.LOAD_MODEL_ONLY', False)  # --resume resumes, unless asked for the weights alone
     out = Path(config.SOLVER.get('WORK_DIR') or './work_dirs/run')
-    out.mkdir(parents=True, exist_ok=True)
-    if is_first_process():  # torchrun/Lightning workers each run this command: one writes
-        config.dump(out / 'config.yaml')
-    launch(config, mode='train')
+    first = is_first_process()  # torchrun/Lightning workers each run this command: one locks and writes
+    with work_dir_lock(out) if first else contextlib.nullcontext():
+        if first:
+            config.dump(out / 'config.yaml')
+        launch(config, mode='train')
     console.print(f'[green]done[/green]: outputs in {out} (checkpoints/, probe/, tensorboard/, loss_curve.png)')
 
 
@@ -65,7 +73,7 @@ def test(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file with TEST
     import json
     from rich.table import Table
     from scepter_core.launch import launch
-    config = _prepare(cfg, overrides, imports, work_dir, None)
+    config = _prepare(cfg, overrides, imports, work_dir, None, own_weights=not pretrained_model)
     if pretrained_model:  # a LoRA run's checkpoint: the recipe's base model, its adapters on top
         from scepter_core.inference import use_pretrained
         adapters = use_pretrained(config.SOLVER.MODEL, pretrained_model)
@@ -92,7 +100,9 @@ def _sample_opt(key: str, default: Any = None) -> Any:
 
 def infer(prompt: list[str] = typer.Option(..., '--prompt', '-p', help='Prompt (repeatable).'),
           n_prompt: Optional[str] = _sample_opt('N_PROMPT'),
-          num_samples: int = typer.Option(1, '--num-samples', '--num_samples', help='Images per prompt.'),
+          num_samples: int = typer.Option(1, '--num-samples', '--num_samples', min=1, help='Images per prompt.'),
+          batch_size: int = typer.Option(8, '--batch-size', '--batch_size', min=1,
+                                         help='Images sampled at once (batch k draws its noise from seed + k).'),
           pretrained_model: Optional[str] = typer.Option(None, '--pretrained-model', '--pretrained_model',
                                                          help='Our checkpoint (a LoRA run: its base model and '
                                                               'adapters), an SD single file or a diffusers folder.'),
@@ -105,27 +115,47 @@ def infer(prompt: list[str] = typer.Option(..., '--prompt', '-p', help='Prompt (
           discretization: Optional[str] = _sample_opt('DISCRETIZATION'),
           image_size: Optional[tuple[int, int]] = _sample_opt('IMAGE_SIZE'),
           lora: Optional[list[str]] = typer.Option(None, '--lora', help='LoRA file[:scale] (repeatable).'),
+          init_image: Optional[str] = typer.Option(None, '--init-image', '--init_image',
+                                                   help=SAMPLE_ARGS['INIT_IMAGE'].description),
+          strength: Optional[float] = _sample_opt('STRENGTH'),
+          refiner: Optional[str] = typer.Option(None, '--refiner', help='SDXL refiner (a diffusers folder, single '
+                                                                        'file or checkpoint) for the last timesteps.'),
+          refiner_switch: float = typer.Option(0.8, '--refiner-switch', '--denoising-end',
+                                               help='Fraction of the timesteps the model runs before the refiner.'),
           cuda_graph: bool = _sample_opt('CUDA_GRAPH', False),
           out: str = typer.Option('outputs', '--out', '-o', help='Output directory.'),
-          overrides: Optional[list[str]] = SetOpt, imports: Optional[list[str]] = ImportOpt) -> None:
+          overrides: Optional[list[str]] = SetOpt, imports: Optional[list[str]] = ImportOpt,
+          trust_imports: bool = TrustOpt) -> None:
     """Generate images from prompts. Builds only the model, never the training data.
 
-    Sampling options left out take the recipe's SOLVER.SAMPLE_ARGS.
+    Sampling options left out take the recipe's SOLVER.SAMPLE_ARGS. img2img: --init-image PNG
+    --strength 0.6. SDXL base -> refiner: --refiner FOLDER --refiner-switch 0.8. The recipe's
+    IMPORTS (user code) are not run unless --trust-imports: a checkpoint folder's config.yaml is
+    anyone's file.
 
     Example: [cyan]scepter infer --pretrained-model work_dirs/tiny_shapes/checkpoints/latest --prompt "a red circle on a white background" --num-samples 4[/cyan]
     """
     given = locals()  # the sampling options are named after their forward_test keywords
-    from scepter_core.inference import generate_images
-    sample = {a.key: given[a.kwarg] for a in SAMPLE_ARGS.values() if a.flags}
+    from scepter_core.inference import find_config, generate_images
+    # an absent path is generate_images' to report, after the flags are checked
+    if pretrained_model and not cfg and Path(pretrained_model).exists() and find_config(pretrained_model) is None:
+        from scepter_core.families import recipe_for
+        family = recipe_for(pretrained_model).get('FAMILY') or 'sd15'
+        console.print(f'{pretrained_model}: no recipe; model family [bold]{family}[/bold] detected, its recipe '
+                      f'read off the weights')
+    sample = {a.key: given[a.kwarg] for a in SAMPLE_ARGS.values() if a.flags and a.kwarg}
     sample['IMAGE_SIZE'] = list(image_size) if image_size else None
     sample['CUDA_GRAPH'] = cuda_graph or None  # an unset flag leaves the recipe's choice
+    sample['INIT_IMAGE'] = init_image
     paths, grid = generate_images(
         prompts=[p for p in prompt for _ in range(num_samples)], pretrained_model=pretrained_model,
         cfg_path=cfg, overrides=overrides or [], imports=imports or [], lora=lora or [], out_dir=out,
-        sample_overrides=sample)
-    for p in paths:
+        sample_overrides=sample, batch_size=batch_size, trust_imports=trust_imports,
+        refiner=refiner, refiner_switch=refiner_switch)
+    for p in paths[:16]:
         console.print(f'  {p}')
-    console.print(f'[green]done[/green]: {len(paths)} images and the grid {grid}')
+    more = f' ({len(paths) - 16} more in {out})' if len(paths) > 16 else ''
+    console.print(f'[green]done[/green]: {len(paths)} images{more} and the grid {grid}')
 
 
 def register(app: typer.Typer) -> None:

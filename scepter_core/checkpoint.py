@@ -34,6 +34,7 @@ _SAFETENSORS_DTYPES = {
     'U8': torch.uint8, 'BOOL': torch.bool,
     'F8_E4M3': getattr(torch, 'float8_e4m3fn', None), 'F8_E5M2': getattr(torch, 'float8_e5m2', None),
 }
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit: a longer header is an attack
 
 
 # ---- reading ----------------------------------------------------------------------------
@@ -44,11 +45,39 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
         with open(path, 'rb') as f:
             (n,) = struct.unpack('<Q', f.read(8))
             if n > os.path.getsize(path) - 8:
-                raise ValueError(f'header length {n} exceeds the file')
+                raise ValueError(f'header length {n} exceeds the file of {os.path.getsize(path)} bytes')
+            if n > MAX_HEADER_BYTES:
+                raise ValueError(f'header length {n} is over the limit of {MAX_HEADER_BYTES} bytes')
             header = json.loads(f.read(n))
-    except (OSError, struct.error, ValueError) as e:
+        if not isinstance(header, dict):
+            raise ValueError(f'the header is a JSON {type(header).__name__}, not an object')
+    except (OSError, struct.error, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise CheckpointError(f"'{path}': not a readable safetensors file ({e})") from e
     return header, 8 + n
+
+
+def _tensor_span(path: str, name: str, info: object, start: int, size: int) -> tuple[torch.dtype, list[int], int, int]:
+    """(dtype, shape, begin, end) of one header entry, checked against the file before any view is made."""
+    if not isinstance(info, dict) or not {'dtype', 'shape', 'data_offsets'} <= set(info):
+        raise CheckpointError(f"'{path}': tensor '{name}' lacks dtype, shape or data_offsets in the header")
+    dtype = _SAFETENSORS_DTYPES.get(info['dtype']) if isinstance(info['dtype'], str) else None
+    if dtype is None:
+        raise CheckpointError(f"'{path}': tensor '{name}' has unsupported dtype {info['dtype']!r}")
+    shape, offsets = info['shape'], info['data_offsets']
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+            and isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise CheckpointError(f"'{path}': tensor '{name}' has a malformed shape {shape!r} or data_offsets {offsets!r}")
+    begin, end = start + offsets[0], start + offsets[1]
+    if end > size:
+        raise CheckpointError(f"'{path}': truncated (tensor '{name}' ends at byte {end} of {size})")
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel * torch.empty((), dtype=dtype).element_size() != end - begin:
+        raise CheckpointError(f"'{path}': tensor '{name}' of shape {tuple(shape)} {info['dtype']} does not fill "
+                              f'its {end - begin} bytes (data_offsets {offsets})')
+    return dtype, shape, begin, end
 
 
 def _load_safetensors(path: str, device: str) -> dict[str, torch.Tensor]:
@@ -59,20 +88,15 @@ def _load_safetensors(path: str, device: str) -> dict[str, torch.Tensor]:
         return {}
     # One private (copy-on-write) map of the whole file; every tensor is a view into it, so
     # pages are read on first touch and nothing is copied.
+    spans = {name: _tensor_span(path, name, info, start, size) for name, info in header.items()}
     blob = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
     out: dict[str, torch.Tensor] = {}
-    for name, info in header.items():
-        dtype = _SAFETENSORS_DTYPES.get(info['dtype'])
-        if dtype is None:
-            raise CheckpointError(f"'{path}': tensor '{name}' has unsupported dtype {info['dtype']}")
-        begin, end = (start + o for o in info['data_offsets'])
-        if end > size:
-            raise CheckpointError(f"'{path}': truncated (tensor '{name}' ends at byte {end} of {size})")
+    for name, (dtype, shape, begin, end) in spans.items():
         raw = blob[begin:end]
         itemsize = torch.empty((), dtype=dtype).element_size()
         if begin % itemsize:  # a misaligned tensor cannot be viewed in place
             raw = raw.clone()
-        out[name] = raw.view(dtype).reshape(info['shape'])
+        out[name] = raw.view(dtype).reshape(shape)
     if device != 'cpu':
         out = {k: v.to(device) for k, v in out.items()}
     return out
@@ -95,14 +119,56 @@ LATEST = 'latest'
 
 def find_step_dir(path: str | os.PathLike) -> Path | None:
     """The step directory a work dir, checkpoints dir, step dir or `latest` pointer names
-    (None when `path` is none of those)."""
+    (None when `path` is none of those). A `latest` that names a missing or half-written step
+    falls back to the newest complete one, with a warning."""
     p = Path(path)
     if p.name == LATEST and p.is_file():
         p = p.parent
     for cand in (p, p / 'checkpoints'):
         if (cand / LATEST).is_file():
-            return cand / (cand / LATEST).read_text().strip()
+            return _latest_step(cand)
     return p if (p / WEIGHTS).is_file() else None
+
+
+def incomplete(step: Path) -> str | None:
+    """Why a step directory cannot be loaded (None when its weights are whole): checked from the
+    safetensors header and the file size, nothing else is read."""
+    if not step.is_dir():
+        return 'does not exist'
+    weights = step / WEIGHTS
+    if not weights.is_file():
+        return f'has no {WEIGHTS}'
+    try:
+        header, start = read_safetensors_header(weights)
+    except CheckpointError as e:
+        return f'is half-written ({e})'
+    ends = [info['data_offsets'][1] for k, info in header.items()
+            if k != '__metadata__' and isinstance(info, dict) and isinstance(info.get('data_offsets'), list)]
+    size = weights.stat().st_size
+    if start + max(ends, default=0) != size:
+        return f"is half-written ('{weights}' holds {size} bytes, its header describes {start + max(ends, default=0)})"
+    return None
+
+
+_WARNED: set[str] = set()
+
+
+def _latest_step(root: Path) -> Path:
+    name = (root / LATEST).read_text(errors='replace').strip()
+    # the pointer names a step folder beside it, nothing else (no '../', no absolute path)
+    named = root / name if name and '/' not in name and name not in ('.', '..') else None
+    why = incomplete(named) if named is not None else 'is not a step folder name'
+    if why is None:
+        return named
+    complete = [d for d in sorted(root.glob('step-*'), reverse=True) if '.tmp-' not in d.name and incomplete(d) is None]
+    if not complete:
+        raise CheckpointError(f"'{root / LATEST}' names '{name}', which {why}; no complete checkpoint is left "
+                              f"in '{root}'")
+    message = f"'{root / LATEST}' names '{name}', which {why}; using the newest complete checkpoint '{complete[0]}'"
+    if message not in _WARNED:  # once, however often a command resolves the pointer
+        _WARNED.add(message)
+        logging.getLogger('scepter').warning(message)
+    return complete[0]
 
 
 def checkpoint_step(path: str | os.PathLike) -> int | None:
@@ -291,6 +357,9 @@ def load_into(module: nn.Module, sd: Mapping[str, torch.Tensor], ignore_keys: It
         if tuple(target.shape) != tuple(value.shape):
             raise CheckpointError(f"{source}: '{key}' has shape {tuple(value.shape)} in the checkpoint "
                                   f"but {tuple(target.shape)} in {type(module).__name__}")
+        if value.is_floating_point() != target.is_floating_point():  # int weights would train as garbage
+            raise CheckpointError(f"{source}: '{key}' is {value.dtype} in the checkpoint but {target.dtype} in "
+                                  f'{type(module).__name__}')
         if not (assign or target.is_meta):
             by_copy[key] = value
             continue

@@ -38,9 +38,43 @@ for _cls in (_Loader, _Dumper):
     _cls.add_implicit_resolver('tag:yaml.org,2002:float', _FLOAT_RE, list('-+0123456789.'))
 
 
+# A recipe holds a few thousand values; aliases may not expand it past this ("billion laughs":
+# nine aliases per level, nine levels, is 9^9 values from 300 bytes).
+MAX_VALUES = 100_000
+
+
 def yaml_load(text: str) -> Any:
-    """Parse YAML with the safe loader (no Python objects) and float-friendly numbers."""
-    return yaml.load(text, Loader=_Loader)
+    """Parse YAML with the safe loader (no Python objects) and float-friendly numbers.
+    Aliases that expand past MAX_VALUES values, or refer to their own node, are a ConfigError."""
+    data = yaml.load(text, Loader=_Loader)
+    _check_expansion(data)
+    return data
+
+
+def _check_expansion(data: Any) -> None:
+    """Count the values `data` holds once its aliases are expanded, in time linear in the
+    document (shared nodes are counted once, times the number of references)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError('a YAML alias refers to the node that contains it (a recursive alias)')
+        open_nodes.add(key)
+        n = 1 + sum(size(v) for v in (node.values() if isinstance(node, dict) else node))
+        if n > MAX_VALUES:
+            raise ConfigError(f'YAML aliases expand to more than {MAX_VALUES} values (an alias bomb?); '
+                              f'a recipe holds far fewer')
+        open_nodes.discard(key)
+        sizes[key] = n
+        return n
+
+    size(data)
 
 
 def yaml_dump(data: Any, **kwargs: Any) -> str:
@@ -239,6 +273,9 @@ def _step(node: Any, part: str, parts: list[str], create: bool) -> Any:
         if part not in node or node[part] is None:
             if not create:
                 raise ConfigError(f"no key '{'.'.join(parts)}'")
+            if part.isdigit():  # `TRAIN_HOOKS.7.NAME` where the recipe holds no list: not a new block '7'
+                raise ConfigError(f"'{'.'.join(parts)}': index {part} of a list that the recipe does not hold "
+                                  f"(set the whole list: {'.'.join(parts[:-1])}=[...])")
             node[part] = Config()
         return node[part]
     raise ConfigError(f"'{'.'.join(parts[:-1])}' is {type(node).__name__}, not a block")
@@ -263,28 +300,58 @@ def _mask(value: Any, key: str = '') -> Any:
 
 # ---- loading -------------------------------------------------------------------
 
-def _read_file(path: Path) -> Any:
+def _read_file(path: Path, referrer: str = '') -> Any:
+    by = f' (named by {referrer})' if referrer else ''
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}'{by} is a directory, not a YAML or JSON file")
     if not path.is_file():
-        raise ConfigError(f"config file not found: '{path}'")
-    text = path.read_text()
+        raise ConfigError(f"config file not found: '{path}'{by}")
+    try:
+        text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b'\n') + 1
+        raise ConfigError(f"'{path}' is not UTF-8 text (byte {e.start}, line {line}): save the recipe as "
+                          f'UTF-8') from e
+    except OSError as e:
+        raise ConfigError(f"cannot read '{path}'{by}: {e.strerror or e}") from e
     try:
         if path.suffix.lower() == '.json':
             return json.loads(text)
         return yaml_load(text) or {}
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        first = str(e).strip().splitlines()
-        raise ConfigError(f"cannot parse '{path}': {' '.join(first[:3])}") from e
+    except ConfigError as e:
+        raise ConfigError(f"'{path}': {e}") from e
+    except RecursionError as e:
+        raise ConfigError(f"cannot parse '{path}': nested too deeply") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse '{path}'{_yaml_problem(e)}") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"cannot parse '{path}' (line {e.lineno}, column {e.colno}): {e.msg}") from e
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """' (line L, column C): problem' of a YAML error; a Python tag says it is refused."""
+    mark = getattr(e, 'problem_mark', None) or getattr(e, 'context_mark', None)
+    where = f' (line {mark.line + 1}, column {mark.column + 1})' if mark is not None else ''
+    problem = getattr(e, 'problem', None) or str(e).strip().splitlines()[0]
+    tag = re.search(r"tag '?tag:yaml.org,2002:(python/[^'\s]*)", problem)
+    if tag:
+        problem = f'the tag !!{tag.group(1)} is refused: recipes hold plain data, never Python objects'
+    context = getattr(e, 'context', None)
+    return f'{where}: {context + ", " if context and not tag else ""}{problem}'
 
 
 def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"config inheritance loops: {' -> '.join(str(p) for p in seen + (path,))}")
-    data = _read_file(path)
+    data = _read_file(path, f"_BASE in '{seen[-1]}'" if seen else '')
     if not isinstance(data, dict):
         raise ConfigError(f"'{path}' must hold a mapping at the top, not {type(data).__name__}")
     data = _resolve_bases(data, path, seen + (path,))
-    return substitute_env(_drop_replace(data))
+    try:
+        return substitute_env(_drop_replace(data))
+    except ConfigError as e:
+        raise ConfigError(f"'{path}': {e}") from e
 
 
 def _drop_replace(node: Any) -> Any:

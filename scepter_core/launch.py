@@ -107,6 +107,8 @@ def _die_with_parent() -> None:
 def _spawned(local_rank: int, cfg: Config, fn: Callable[[Config], Any], nprocs: int, node_rank: int,
              nnodes: int, report_dir: str, user_code: list[str]) -> None:
     _die_with_parent()
+    if hasattr(os, 'setpgrp'):  # Ctrl-C reaches the launcher alone, which passes it on once
+        os.setpgrp()
     rank = node_rank * nprocs + local_rank
     os.environ.update({'LOCAL_RANK': str(local_rank), 'RANK': str(rank), 'WORLD_SIZE': str(nprocs * nnodes),
                        'LOCAL_WORLD_SIZE': str(nprocs), 'GROUP_RANK': str(node_rank)})
@@ -158,6 +160,7 @@ def _run_spawn(cfg: Config, fn: Callable[[Config], Any]) -> Any:
     with tempfile.TemporaryDirectory(prefix='scepter-workers-') as report_dir:
         context = mp.start_processes(_spawned, nprocs=nprocs, join=False, start_method='spawn',
                                      args=(cfg, fn, nprocs, node_rank, nnodes, report_dir, list(LOADED)))
+        previous = {s: signal.signal(s, functools.partial(_forward, context)) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not context.join():
                 pass
@@ -165,7 +168,17 @@ def _run_spawn(cfg: Config, fn: Callable[[Config], Any]) -> Any:
             i, message, code = _root_cause(context, Path(report_dir), e.error_index)
             raise WorkerError(f'worker rank {node_rank * nprocs + i} {message}; the other workers were stopped',
                               code) from e
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
     return None
+
+
+def _forward(context: Any, signum: int, frame: Any) -> None:
+    """SIGINT / SIGTERM to the launcher: to every worker (they stop after the same step)."""
+    for p in context.processes:
+        if p.is_alive():
+            os.kill(p.pid, signum)
 
 
 # ---- entry ----------------------------------------------------------------------------------------

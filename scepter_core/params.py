@@ -5,8 +5,9 @@ This module reads declarations and checks one value against one; checking whole 
 
 An entry is `KEY: {'value': default, 'description': str}` with optional
 `'type'` (a type or tuple; otherwise inferred from a non-None default),
-`'choices'` (allowed values) and `'registry'` (the key holds a block, or a list
-of blocks, built from that registry, validated recursively)."""
+`'choices'` (allowed values), `'min'` / `'max'` (bounds of a number, or of each number of
+a list such as [height, width]) and `'registry'` (the key holds a block, or a list of
+blocks, built from that registry, validated recursively)."""
 from __future__ import annotations
 
 import contextlib
@@ -31,6 +32,8 @@ class Param:
     type: Any = None
     choices: tuple | None = None
     registry: str | None = None
+    min: float | None = None
+    max: float | None = None
 
     @property
     def types(self) -> tuple:
@@ -61,7 +64,7 @@ def as_param(entry: Any) -> Param:
     if isinstance(entry, dict) and ('value' in entry or 'description' in entry):
         return Param(default=entry.get('value'), description=entry.get('description', ''),
                      type=entry.get('type'), choices=tuple(entry['choices']) if entry.get('choices') else None,
-                     registry=entry.get('registry'))
+                     registry=entry.get('registry'), min=entry.get('min'), max=entry.get('max'))
     return Param(default=entry)
 
 
@@ -141,6 +144,20 @@ def value_problem(p: Param, value: Any, kpath: str) -> str | None:
         return f"'{kpath}': expected {p.type_name()}, got {type(value).__name__} {value!r}"
     if p.choices and value is not None and value not in p.choices:
         return f"'{kpath}': {value!r} is not one of {', '.join(map(repr, p.choices))}"
+    return _bounds_problem(p, value, kpath)
+
+
+def _bounds_problem(p: Param, value: Any, kpath: str) -> str | None:
+    if p.min is None and p.max is None:
+        return None
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    for v in numbers:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if v != v or (p.min is not None and v < p.min) or (p.max is not None and v > p.max):
+            low = '' if p.min is None else f'at least {p.min:g}'
+            high = '' if p.max is None else f'at most {p.max:g}'
+            return f"'{kpath}': must be {' and '.join(x for x in (low, high) if x)}, got {value!r}"
     return None
 
 

@@ -4,6 +4,7 @@ spellings (Scepter's aliases included). The solver's SAMPLE_ARGS default, probes
 test and `scepter infer` all read this table. No torch here: the CLI imports it at start."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -35,6 +36,10 @@ ARGS: tuple[SampleArg, ...] = (
     SampleArg('N_PROMPT', 'n_prompt', None, str, 'Negative prompt.', ('--n-prompt', '--n_prompt')),
     SampleArg('PREV_TIMESTEP', 'prev_timestep', None, str,
               "'strided': ddim / ddpm step from t to t - T/N, as diffusers' schedulers do."),
+    SampleArg('INIT_IMAGE', None, None, str, 'img2img: the image to start from (its size, a multiple of 8, '
+              'unless --size).'),
+    SampleArg('STRENGTH', 'strength', None, float, 'img2img: how far the init image is noised, (0, 1]: '
+              'int(steps x strength) steps run.', ('--strength', '--denoising-strength')),
     SampleArg('CUDA_GRAPH', 'cuda_graph', None, bool,
               'On CUDA: replay each UNet step from a captured graph (faster at small batches).', ('--cuda-graph',)),
 )
@@ -60,3 +65,67 @@ def sample_kwargs(sample_args: Mapping | None) -> dict[str, Any]:
         if v is not None and arg.kwarg is not None:
             out[arg.kwarg] = v
     return out
+
+
+MAX_SAMPLE_STEPS = 10_000
+MAX_SIDE = 1 << 20  # pixels; a real limit is the memory estimate, made once the model is known
+
+
+def _where(arg: SampleArg, block: str | None) -> str:
+    """'SOLVER.SAMPLE_ARGS.KEY' in a recipe's block, else the option and the key."""
+    if block:
+        return f"'{block}.{arg.key}'"
+    return f"'{arg.flags[0]}' / SAMPLE_ARGS.{arg.key}" if arg.flags else f'SAMPLE_ARGS.{arg.key}'
+
+
+def _number_problem(arg: SampleArg, v: Any) -> str | None:
+    if arg.type is int and (isinstance(v, bool) or not isinstance(v, int)):
+        return f'expected an integer, got {v!r}'
+    if arg.type is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        return f'expected a number, got {v!r}'
+    if not math.isfinite(v):
+        return f'must be a finite number, got {v!r}'
+    if arg.key == 'SAMPLE_STEPS' and not 1 <= v <= MAX_SAMPLE_STEPS:
+        return f'must be between 1 and {MAX_SAMPLE_STEPS}, got {v}'
+    if arg.key == 'GUIDE_RESCALE' and not 0 <= v <= 1:
+        return f'must be between 0 and 1, got {v}'
+    return None
+
+
+def _size_problem(v: Any) -> str | None:
+    sides = [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
+    if not isinstance(sides, (list, tuple)) or len(sides) != 2 or \
+            not all(isinstance(s, int) and not isinstance(s, bool) for s in sides):
+        return f'expected [height, width] in pixels, got {v!r}'
+    if not all(1 <= s <= MAX_SIDE for s in sides):
+        return f'sides must be between 1 and {MAX_SIDE} pixels, got {sides[0]} x {sides[1]}'
+    return None
+
+
+def check_sampler(name: str, block: str | None = None) -> None:
+    """An unknown sampler is a ConfigError naming it and every choice."""
+    from .registry import DIFFUSION_SAMPLERS
+    if name not in DIFFUSION_SAMPLERS:
+        choices = DIFFUSION_SAMPLERS.names()
+        raise ConfigError(f"{_where(BY_KEY['SAMPLER'], block)}: unknown sampler '{name}'." +
+                          did_you_mean(name, choices) + f" Choices: {', '.join(choices)}")
+
+
+def check_sample_args(sample_args: Mapping, block: str | None = None) -> None:
+    """A ConfigError naming the option and the value for a setting no sampler can use: zero or
+    a huge number of steps, a NaN or infinite guidance scale, a size that is not two positive
+    integers, an unknown discretization. Unset (None) values are not checked. `block`: the
+    recipe's block the values come from (errors name its keys), else the command line."""
+    for k, v in (sample_args or {}).items():
+        arg = BY_KEY.get(str(k).upper())
+        if arg is None or v is None:
+            continue
+        problem = None
+        if arg.type in (int, float):
+            problem = _number_problem(arg, v)
+        elif arg.key == 'IMAGE_SIZE':
+            problem = _size_problem(v)
+        elif arg.choices and v not in arg.choices:
+            problem = f"{v!r} is not one of {', '.join(arg.choices)}"
+        if problem:
+            raise ConfigError(f'{_where(arg, block)}: {problem}')

@@ -37,6 +37,8 @@ def _nested_params(p: Param, seen: tuple[str, ...]) -> dict[str, Param] | None:
 def _comment(p: Param) -> str:
     desc = ' '.join((p.description or '').split())
     extra = f"; one of {', '.join(map(str, p.choices))}" if p.choices else ''
+    extra += f'; >= {p.min:g}' if p.min is not None else ''
+    extra += f'; <= {p.max:g}' if p.max is not None else ''
     kind = f'{p.type_name()}{extra}' + (f'; a {p.registry} block' if p.registry else '')
     return f'# {desc} ({kind})' if desc else f'# ({kind})'
 

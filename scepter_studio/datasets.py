@@ -41,3 +41,21 @@ def save_caption(roots: Roots, image: str, caption: str) -> Path:
     tmp.write_text(caption.strip() + '\n')
     os.replace(tmp, file)
     return file
+
+
+def bucket_table(roots: Roots, folder: str, resolution: int = 512, alignment: int = 64) -> str:
+    """`scepter data inspect FOLDER --resolution R --alignment A` as Markdown: the counts and the
+    bucket table (the CLI's own rows)."""
+    from scepter_core.data.inspect import inspect_source
+    from scepter_core.errors import ScepterError
+    path = roots.resolve(folder)
+    try:
+        report = inspect_source(str(path), resolution=int(resolution), alignment=int(alignment))
+    except ScepterError as e:
+        raise StudioError(str(e).splitlines()[0]) from e
+    lines = [f'**{report.images}** readable images, **{len(report.bad)}** bad, **{len(report.no_caption)}** '
+             f'without a caption; buckets at {resolution}x{resolution} pixels, alignment {alignment}', '',
+             '| ' + ' | '.join(report.BUCKET_COLUMNS) + ' |', '|' + '---:|' * len(report.BUCKET_COLUMNS)]
+    lines += ['| ' + ' | '.join(row) + ' |' for row in report.bucket_rows()]
+    lines += [f'- bad `{roots.relative(Path(p))}`: {reason}' for p, reason in sorted(report.bad.items())]
+    return '\n'.join(lines)

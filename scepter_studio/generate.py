@@ -2,6 +2,7 @@
 model (requests for the same model wait their turn) and a history kept on disk."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -33,11 +34,14 @@ class Request:
     height: int | None = None
     width: int | None = None
     batch: int = 1
+    init_image: str | None = None  # img2img (--init-image): a path under the roots
+    strength: float | None = None  # --strength
 
-    def sample_overrides(self, seed: int) -> dict[str, Any]:
+    def sample_overrides(self, seed: int, init_image: str | None = None) -> dict[str, Any]:
         size = [int(self.height), int(self.width)] if self.height and self.width else None
         return {'SAMPLER': self.sampler or None, 'SAMPLE_STEPS': self.steps, 'SEED': seed,
-                'GUIDE_SCALE': self.guide_scale, 'GUIDE_RESCALE': self.guide_rescale, 'IMAGE_SIZE': size}
+                'GUIDE_SCALE': self.guide_scale, 'GUIDE_RESCALE': self.guide_rescale, 'IMAGE_SIZE': size,
+                'INIT_IMAGE': init_image, 'STRENGTH': self.strength if init_image else None}
 
 
 class Generator:
@@ -62,6 +66,21 @@ class Generator:
             self._cached = (key, prepare_model(str(model), lora=loras, logger=self.logger))
         return self._cached[1]
 
+    def store_upload(self, path: str | Path) -> str:
+        """An uploaded init image, checked to be an image and kept as a PNG named by its content
+        under the studio's state (inside the roots, so a Request and its PNG can name it)."""
+        from PIL import Image, UnidentifiedImageError
+        try:
+            with Image.open(path) as im:
+                image = im.convert('RGB')
+        except (OSError, UnidentifiedImageError) as e:
+            raise StudioError(f'init image: not a readable image ({e})') from e
+        digest = hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()[:16]
+        target = self.out_dir / 'inputs' / f'{digest}.png'
+        if not target.is_file():
+            save_png(image, target)
+        return self.roots.relative(target)
+
     def lora_specs(self, loras: list[str]) -> list[str]:
         """`PATH[:SCALE]` entries with PATH checked against the roots."""
         from scepter_core.tuners import parse_lora_spec
@@ -81,6 +100,7 @@ class Generator:
             raise StudioError(f'batch: {req.batch} is not between 1 and 16')
         model_path = self.roots.resolve(req.model)
         loras = self.lora_specs(req.loras)
+        init = str(self.roots.resolve(req.init_image)) if req.init_image else None
         paths = []
         with self._lock(str(model_path)):
             model, cfg = self._model(model_path, loras)
@@ -94,7 +114,7 @@ class Generator:
                     on_step(done[0], steps * int(req.batch))
             for i in range(int(req.batch)):
                 outs, args = sample_images(model, cfg, [req.prompt], req.n_prompt or None,
-                                           req.sample_overrides(-1 if seed is None else seed + i),
+                                           req.sample_overrides(-1 if seed is None else seed + i, init),
                                            intermediate_callback=callback)
                 text = png_parameters(req.prompt, req.n_prompt or None, args, req.model, req.loras)
                 stamp = f'{time.strftime("%Y%m%d-%H%M%S")}-{time.time_ns() % 10 ** 6:06d}'

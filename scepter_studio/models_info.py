@@ -81,9 +81,21 @@ def inspect_checkpoint(path: Path) -> dict:
             'metadata': {k: v for k, v in meta.items() if len(str(v)) < 300}}
 
 
+def convert_args(src: Path) -> list[str]:
+    """What `scepter convert` reads for a checkpoint picked here: a full run's folder (or step) is
+    its last weights file with the recipe saved beside it (--cfg: the model's own sizes); other
+    sources (single files, diffusers folders, LoRA runs) go as they are."""
+    from scepter_core.inference import adapter_checkpoint, find_config, resolve_weights
+    if find_step_dir(src) is None or adapter_checkpoint(str(src)) is not None:
+        return [str(src)]
+    recipe = find_config(str(src))
+    return [resolve_weights(str(src)), *(['--cfg', str(recipe)] if recipe is not None else [])]
+
+
 def run_convert(src: Path, dst: Path, to: str, merge_lora: list[str] = (), timeout: float = 3600) -> str:
     """`scepter convert SRC DST --to TO [--merge-lora ...]`; returns its output, raises on failure."""
-    cmd = [sys.executable, '-m', 'scepter_cli', 'convert', str(src), str(dst), '--to', to]
+    source, *cfg = convert_args(src)
+    cmd = [sys.executable, '-m', 'scepter_cli', 'convert', source, str(dst), '--to', to, *cfg]
     for spec in merge_lora:
         cmd += ['--merge-lora', spec]
     env = {**os.environ, 'COLUMNS': '120'}

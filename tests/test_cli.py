@@ -110,14 +110,19 @@ BATCH = {
     'template_typo': ['config', 'template', 'LocalFS'],
     'template_user': ['config', 'template', 'ToySolver', '--import', '{root}/user_blocks.py'],
     'template_wrong_registry': ['config', 'template', 'ToySolver', '--registry', 'MODELS'],
-    'show': ['config', 'show', '--cfg', '{root}/good.yaml', '--set', 'SOLVER.MAX_STEPS=7',
+    'show': ['config', 'show', '--trust-imports', '--cfg', '{root}/good.yaml', '--set', 'SOLVER.MAX_STEPS=7',
              '--set', 'SOLVER.MODEL.WIDTH=16', '--set', 'SOLVER.EXTRA=[1,2]'],
-    'show_bad_override': ['config', 'show', '--cfg', '{root}/good.yaml', '--set', 'SOLVER.MAX_STEPS.X=1'],
-    'show_bad_yaml': ['config', 'show', '--cfg', '{root}/good.yaml', '--set', 'SOLVER.BETAS=[0.9,0.99'],
-    'validate_good': ['config', 'validate', '--cfg', '{root}/good.yaml'],
-    'validate_bad': ['config', 'validate', '--cfg', '{root}/bad.yaml', '--set', 'SOLVER.MODEL.NAME=ToyNte'],
-    'validate_not_strict': ['config', 'validate', '--cfg', '{root}/bad.yaml', '--set', 'STRICT=false'],
-    'validate_bad_type': ['config', 'validate', '--cfg', '{root}/good.yaml', '--set', 'SOLVER.MAX_STEPS=many'],
+    'show_bad_override': ['config', 'show', '--trust-imports', '--cfg', '{root}/good.yaml',
+                          '--set', 'SOLVER.MAX_STEPS.X=1'],
+    'show_bad_yaml': ['config', 'show', '--trust-imports', '--cfg', '{root}/good.yaml',
+                      '--set', 'SOLVER.BETAS=[0.9,0.99'],
+    'validate_good': ['config', 'validate', '--trust-imports', '--cfg', '{root}/good.yaml'],
+    'validate_bad': ['config', 'validate', '--trust-imports', '--cfg', '{root}/bad.yaml',
+                     '--set', 'SOLVER.MODEL.NAME=ToyNte'],
+    'validate_not_strict': ['config', 'validate', '--trust-imports', '--cfg', '{root}/bad.yaml',
+                            '--set', 'STRICT=false'],
+    'validate_bad_type': ['config', 'validate', '--trust-imports', '--cfg', '{root}/good.yaml',
+                          '--set', 'SOLVER.MAX_STEPS=many'],
 }
 
 
@@ -249,8 +254,8 @@ def test_config_validate_reports_one_line_per_problem(batch):
 
 
 def test_validate_as_its_own_process(project):
-    good, bad = run(['config', 'validate', '--cfg', 'good.yaml'], cwd=project), run(
-        ['config', 'validate', '--cfg', str(project / 'bad.yaml')])
+    good, bad = run(['config', 'validate', '--trust-imports', '--cfg', 'good.yaml'], cwd=project), run(
+        ['config', 'validate', '--trust-imports', '--cfg', str(project / 'bad.yaml')])
     assert good.returncode == 0, good.stderr
     assert bad.returncode == 2 and len(error_lines(bad.stderr)) == 2 and 'Traceback' not in bad.stderr
 
@@ -275,7 +280,7 @@ def test_runtime_error_exits_1_and_debug_shows_traceback(project):
     plain = run(['config', 'template', 'X', '--import', 'broken.py'], cwd=project)
     assert plain.returncode == 1 and 'Traceback' not in plain.stderr
     assert error_lines(plain.stderr) == [
-        f"error: IMPORTS: running '{project / 'broken.py'}' failed: RuntimeError: user code is broken"]
+        f"error: --import: running '{project / 'broken.py'}' failed: RuntimeError: user code is broken"]
     assert '--debug' in plain.stderr
     debug = run(['config', 'template', 'X', '--import', 'broken.py', '--debug'], cwd=project)
     assert debug.returncode == 1 and 'Traceback' in debug.stderr and 'RuntimeError: user code is broken' in debug.stderr

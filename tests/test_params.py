@@ -178,3 +178,19 @@ def test_build_checks_every_class_once_on_one_path(temp_registry, caplog):
     # the build checked the block and the constructor did not check it again; direct construction checks
     assert caplog.text.count("unknown key for Child") == 2, caplog.text
     assert built.cfg.MAX_LENGTH == 64 and direct.cfg.MAX_LENGTH == 64
+
+
+class Bounded(BaseObject):
+    para_dict = {'STEPS': {'value': 10, 'min': 0, 'description': 'Steps.'},
+                 'LR': {'value': 1e-4, 'min': 0, 'description': 'Rate.'},
+                 'SIZE': {'value': [64, 64], 'type': (int, list), 'min': 1, 'max': 4096, 'description': 'Sides.'}}
+
+
+@pytest.mark.parametrize('key, value, ok', [
+    ('STEPS', 0, True), ('STEPS', -1, False), ('LR', 0.0, True), ('LR', -1e-4, False), ('LR', float('nan'), False),
+    ('SIZE', 4096, True), ('SIZE', [64, 4097], False), ('SIZE', [0, 64], False), ('SIZE', [16, 32], True)])
+def test_declared_bounds_name_key_and_value(key, value, ok):
+    problems = check_config(Bounded, Config({key: value}), 'X')
+    assert (problems == []) == ok, problems
+    if not ok:
+        assert problems[0].startswith(f"'X.{key}': must be at least") and repr(value) in problems[0]

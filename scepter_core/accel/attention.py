@@ -2,7 +2,8 @@
 small-attention training as one autograd Function.
 
 The attention classes this package knows (ATTENTION_SWAPS: the UNet's CrossAttention, the
-VAE's AttnBlock) call their `attention` attribute, SDPA; the swapped-in subclasses set it to
+VAE's AttnBlock, FLUX's and SD3's blocks, whose kernel is their `sdpa`) call their `attention`
+attribute, SDPA; the swapped-in subclasses set it to
 `cpu_attention`, and CrossAttention's also runs the whole layer as `_AttentionLayer` where that
 applies; the VAE's block also takes `gemm.linear` for its projections, and the UNet's
 SpatialTransformer runs its 1x1 projections through it. A model family with an attention class
@@ -28,6 +29,8 @@ from torch import nn
 
 from ..models.autoencoders.vae_blocks import AttnBlock
 from ..models.backbones.attention import CrossAttention, SpatialTransformer
+from ..models.backbones.flux_blocks import DoubleStreamBlock, SingleStreamBlock
+from ..models.backbones.mmdit_blocks import DismantledBlock, JointBlock
 from . import gemm, layers
 from .gemm import linear, matmul_t, weight_grad
 
@@ -149,5 +152,25 @@ class FastSpatialTransformer(SpatialTransformer):
         return linear(tokens, layer.weight.flatten(1), layer.bias)
 
 
+class CpuDoubleStreamBlock(DoubleStreamBlock):
+    sdpa = staticmethod(cpu_attention)
+
+
+class CpuSingleStreamBlock(SingleStreamBlock):
+    sdpa = staticmethod(cpu_attention)
+
+
+class CpuJointBlock(JointBlock):
+    sdpa = staticmethod(cpu_attention)
+
+
+class CpuDismantledBlock(DismantledBlock):  # MMDiT-X's image self-attention
+    sdpa = staticmethod(cpu_attention)
+
+
+# The flow blocks (FLUX, SD3) take `cpu_attention`: their half-precision attention in fp32, and
+# the math path on short sequences (e.g. 16x16 latents at batch 1).
 ATTENTION_SWAPS: dict[type, type] = {CrossAttention: FusedCrossAttention, AttnBlock: CpuAttnBlock,
-                                     SpatialTransformer: FastSpatialTransformer}
+                                     SpatialTransformer: FastSpatialTransformer,
+                                     DoubleStreamBlock: CpuDoubleStreamBlock, SingleStreamBlock: CpuSingleStreamBlock,
+                                     JointBlock: CpuJointBlock, DismantledBlock: CpuDismantledBlock}

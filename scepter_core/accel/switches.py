@@ -185,4 +185,9 @@ def apply_train_fast_paths(solver: Any) -> None:
         cast_frozen_modules(model, solver.dtype, solver.logger)
     if solver.cfg.CACHE_LATENTS:
         from ..models.networks.latent_cache import enable_latent_cache
-        enable_latent_cache(model, solver.cfg.CACHE_MAX_MB, solver.logger, cache_dir=solver.cfg.CACHE_DIR)
+        cache = enable_latent_cache(model, solver.cfg.CACHE_MAX_MB, solver.logger, cache_dir=solver.cfg.CACHE_DIR)
+        data = solver.datas.get('train')
+        if cache is not None and cache.disk is not None and hasattr(data, 'attach_latent_probe'):
+            vae = model.first_stage_model  # the dtype it encodes in: autocast's, else its weights'
+            dtype = solver.dtype if solver.use_amp else next(vae.parameters()).dtype
+            data.attach_latent_probe(cache.disk.probe(cache.named_scope(vae, dtype)))

@@ -117,37 +117,80 @@ def _write_json(path: Path, data: Mapping) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + '\n'))
 
 
+# SDXL's published scheduler (the pipelines read any; the sampler is chosen at sampling time).
+SDXL_SCHEDULER = {'_class_name': 'EulerDiscreteScheduler', 'beta_start': 0.00085, 'beta_end': 0.012,
+                  'beta_schedule': 'scaled_linear', 'num_train_timesteps': 1000, 'prediction_type': 'epsilon',
+                  'interpolation_type': 'linear', 'use_karras_sigmas': False, 'steps_offset': 1,
+                  'timestep_spacing': 'leading'}
+TEXT_CLASSES = {'text_encoder': 'CLIPTextModel', 'text_encoder_2': 'CLIPTextModelWithProjection'}
+
+
+def _text_2_config(sd: Mapping[str, torch.Tensor]) -> dict:
+    """SDXL's bigG `text_encoder_2` config read off its weights (exact GELU, with projection)."""
+    config = clip_text_config_from_state({k: v for k, v in sd.items() if not k.startswith('text_projection')})
+    return {**config, 'architectures': ['CLIPTextModelWithProjection'], 'hidden_act': 'gelu',
+            'projection_dim': sd['text_projection.weight'].shape[0]}
+
+
+def _pipeline_index(parts: Mapping[str, object], diffusers_version: str) -> dict:
+    """model_index.json: StableDiffusionPipeline, or SDXL's (base: both encoders; the refiner:
+    text_encoder_2 alone, run as img2img)."""
+    index: dict = {'_diffusers_version': diffusers_version}
+    if 'text_encoder_2' not in parts:
+        return {**index, '_class_name': 'StableDiffusionPipeline', 'scheduler': ['diffusers', SD_SCHEDULER['_class_name']],
+                'safety_checker': [None, None], 'feature_extractor': [None, None], 'requires_safety_checker': False}
+    index.update(scheduler=['diffusers', SDXL_SCHEDULER['_class_name']], image_encoder=[None, None],
+                 feature_extractor=[None, None])
+    if 'text_encoder' in parts:
+        return {**index, '_class_name': 'StableDiffusionXLPipeline', 'force_zeros_for_empty_prompt': True}
+    return {**index, '_class_name': 'StableDiffusionXLImg2ImgPipeline', 'text_encoder': [None, None],
+            'tokenizer': [None, None], 'force_zeros_for_empty_prompt': False, 'requires_aesthetics_score': True}
+
+
+def _save_tokenizer(tokenizer: object, target: Path) -> None:
+    """A tokenizer directory (copied) or a transformers tokenizer (saved) into `target`."""
+    if isinstance(tokenizer, (str, Path)):
+        shutil.copytree(tokenizer, target, dirs_exist_ok=True)
+    else:
+        tokenizer.save_pretrained(str(target))
+
+
 def save_diffusers(sd: Mapping[str, torch.Tensor], folder: str | Path, unet_cfg: Mapping | None = None,
                    vae_cfg: Mapping | None = None, text_cfg: Mapping | None = None,
                    tokenizer_dir: str | Path | None = None, scaling_factor: float = SD_SCALE_FACTOR,
-                   logger: logging.Logger | None = None) -> list[Path]:
+                   logger: logging.Logger | None = None, text_cfg_2: Mapping | None = None,
+                   tokenizer_2: object = None, time_embed_dim: int = 256) -> list[Path]:
     """Write our state dict as a diffusers folder; returns the files written. Configs derive
-    from our blocks (None = SD1.5); the text config from `text_cfg` or the weights."""
+    from our blocks (None = SD1.5); the text configs from `text_cfg` / `text_cfg_2` or the
+    weights. SDXL (`cond_stage_model.embedders.*`): text_encoder_2, its tokenizer and SDXL's
+    pipeline index; `time_embed_dim` is the width of each size embedding. Tokenizers: a
+    directory to copy or a transformers tokenizer to save."""
     root = Path(folder)
     diffusers_version = _version('diffusers')
     parts = ours_to_diffusers(sd, unet_cfg, vae_cfg)
-    configs = {'unet': lambda: diffusers_unet_config(unet_cfg),
+    configs = {'unet': lambda: diffusers_unet_config(unet_cfg, time_embed_dim),
                'vae': lambda: diffusers_vae_config(vae_cfg, scaling_factor),
-               'text_encoder': lambda: dict(text_cfg or clip_text_config_from_state(parts['text_encoder']))}
+               'text_encoder': lambda: dict(text_cfg or clip_text_config_from_state(parts['text_encoder'])),
+               'text_encoder_2': lambda: dict(text_cfg_2 or _text_2_config(parts['text_encoder_2']))}
     written: list[Path] = []
-    index = {'_class_name': 'StableDiffusionPipeline', '_diffusers_version': diffusers_version,
-             'scheduler': ['diffusers', SD_SCHEDULER['_class_name']],
-             'safety_checker': [None, None], 'feature_extractor': [None, None], 'requires_safety_checker': False}
+    index = _pipeline_index(parts, diffusers_version)
     for part, weights in parts.items():
-        stamp = {'transformers_version': _version('transformers')} if part == 'text_encoder' \
-            else {'_diffusers_version': diffusers_version}
+        text = part in TEXT_CLASSES
+        stamp = {'transformers_version': _version('transformers')} if text else {'_diffusers_version': diffusers_version}
         config = {**configs[part](), **stamp}
-        file = root / part / ('model.safetensors' if part == 'text_encoder' else 'diffusion_pytorch_model.safetensors')
+        file = root / part / ('model.safetensors' if text else 'diffusion_pytorch_model.safetensors')
         save_state_dict(weights, file, metadata={'format': 'pt'})
         _write_json(root / part / 'config.json', config)
         written += [file, root / part / 'config.json']
-        index[part] = ['transformers', 'CLIPTextModel'] if part == 'text_encoder' else \
-            ['diffusers', config['_class_name']]
-    if tokenizer_dir:
-        shutil.copytree(tokenizer_dir, root / 'tokenizer', dirs_exist_ok=True)
-        index['tokenizer'] = ['transformers', 'CLIPTokenizer']
-        written.append(root / 'tokenizer')
-    _write_json(root / 'scheduler' / 'scheduler_config.json', {**SD_SCHEDULER, '_diffusers_version': diffusers_version})
+        index[part] = ['transformers', TEXT_CLASSES[part]] if text else ['diffusers', config['_class_name']]
+    for name, tokenizer, encoder in (('tokenizer', tokenizer_dir, 'text_encoder'),
+                                     ('tokenizer_2', tokenizer_2, 'text_encoder_2')):
+        if tokenizer is not None and encoder in parts:
+            _save_tokenizer(tokenizer, root / name)
+            index[name] = ['transformers', 'CLIPTokenizer']
+            written.append(root / name)
+    scheduler = SDXL_SCHEDULER if 'text_encoder_2' in parts else SD_SCHEDULER
+    _write_json(root / 'scheduler' / 'scheduler_config.json', {**scheduler, '_diffusers_version': diffusers_version})
     _write_json(root / 'model_index.json', index)
     written += [root / 'scheduler' / 'scheduler_config.json', root / 'model_index.json']
     dropped = len(sd) - sum(len(w) for w in parts.values())

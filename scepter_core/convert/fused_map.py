@@ -42,7 +42,7 @@ def swap(ours: str, theirs: str) -> Entry:
     return Entry(ours, (theirs,), 'swap')
 
 
-def _halves_swapped(t: torch.Tensor) -> torch.Tensor:
+def halves_swapped(t: torch.Tensor) -> torch.Tensor:
     a, b = t.chunk(2, dim=0)
     return torch.cat([b, a], dim=0)
 
@@ -70,7 +70,7 @@ def to_theirs(sd: Mapping[str, torch.Tensor], entries: list[Entry], what: str) -
             for name, piece in zip(entry.theirs, value.split(entry.sizes(weight.shape), dim=0)):
                 out[name + rest] = piece.clone()
         else:
-            out[entry.theirs[0] + rest] = _halves_swapped(value) if entry.kind == 'swap' else value
+            out[entry.theirs[0] + rest] = halves_swapped(value) if entry.kind == 'swap' else value
     return out
 
 
@@ -86,7 +86,7 @@ def to_ours(sd: Mapping[str, torch.Tensor], entries: list[Entry], what: str) -> 
         if entry.kind == 'split':
             pieces.setdefault((entry, rest), {})[key[:len(key) - len(rest)]] = value
         else:
-            out[entry.ours + rest] = _halves_swapped(value) if entry.kind == 'swap' else value
+            out[entry.ours + rest] = halves_swapped(value) if entry.kind == 'swap' else value
     for (entry, rest), found in pieces.items():
         missing = [t for t in entry.theirs if t not in found]
         if missing:

@@ -33,8 +33,8 @@ class BaseDataset(Dataset, Configurable):
     para_dict = {
         'MODE': {'value': 'train', 'choices': ('train', 'eval', 'test'),
                  'description': 'Phase: train loops endlessly, eval/test pass once.'},
-        'BATCH_SIZE': {'value': 1, 'type': int, 'description': 'Samples per batch (per rank).'},
-        'NUM_WORKERS': {'value': 0, 'type': int, 'description': 'Loader worker processes (0: in process).'},
+        'BATCH_SIZE': {'value': 1, 'type': int, 'min': 1, 'description': 'Samples per batch (per rank).'},
+        'NUM_WORKERS': {'value': 0, 'type': int, 'min': 0, 'description': 'Loader worker processes (0: in process).'},
         'PIN_MEMORY': {'value': False, 'description': 'Pin batches in page-locked memory (CUDA only).'},
         'SAMPLER': {'value': None, 'type': dict, 'registry': 'SAMPLERS',
                     'description': 'Sampler block; empty: LoopSampler for train, EvalDistributedSampler '

@@ -3,6 +3,7 @@ index file of `path#;#width#;#height#;#prompt` lines."""
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from pathlib import Path
@@ -12,15 +13,11 @@ from ..errors import ConfigError
 from ..fs import FS, FileNotAvailable
 from ..registry import DATASETS
 from .base import BaseDataset
+from .paths import PATH_KEYS, decode_text, row_path
 
 IMAGE_COLUMNS = ('Target:FILE', 'Image:FILE')
 PROMPT_COLUMN = 'Prompt'
 STYLE_COLUMN = 'Style'
-
-
-def join_path(root: str, path: str) -> str:
-    """`path` under `root` unless it is absolute or a URI."""
-    return path if os.path.isabs(path) or '://' in path else os.path.join(root, path)
 
 
 class ImageTextDataset(BaseDataset):
@@ -37,6 +34,7 @@ class ImageTextDataset(BaseDataset):
         'OUTPUT_SIZE': {'value': None, 'type': (int, list),
                         'description': "[height, width] (or an int) passed as meta 'image_size'; in "
                                        'eval/test mode items then carry only the prompt and this size.'},
+        **PATH_KEYS,
     }
 
     def __init__(self, cfg: Config | dict | None = None, logger: logging.Logger | None = None):
@@ -87,25 +85,32 @@ class ImageTextDataset(BaseDataset):
             raise ConfigError(f"'{self.key_path(key)}': folder not found: '{path}'")
         return local
 
+    def row_path(self, root: str, name: str, where: str) -> str:
+        return row_path(root, name, where, bool(self.cfg.ALLOW_REMOTE_PATHS), bool(self.cfg.ALLOW_OUTSIDE_ROOT))
+
     def read_csv(self, csv_path: str, image_root: str, key: str, remap: dict | None = None) -> list[dict]:
         """Rows of a CSV with an image column (Target:FILE or Image:FILE) and Prompt."""
         if not os.path.isfile(csv_path):
             found = ', '.join(sorted(p.name for p in Path(csv_path).parent.glob('*.csv'))) or 'none'
             raise ConfigError(f"'{self.key_path(key)}': list file not found: '{csv_path}' (CSV files there: {found})")
-        with open(csv_path, newline='', encoding='utf-8-sig') as f:
-            reader = csv.DictReader(f)
-            columns = [(remap or {}).get(c, c) for c in reader.fieldnames or []]
-            reader.fieldnames = columns
-            rows = list(reader)
+        with open(csv_path, 'rb') as f:
+            reader = csv.DictReader(io.StringIO(decode_text(f.read(), csv_path), newline=''))
+        columns = [(remap or {}).get(c, c) for c in reader.fieldnames or []]
+        reader.fieldnames = columns
         image_col = next((c for c in IMAGE_COLUMNS if c in columns), None)
         if PROMPT_COLUMN not in columns or (image_col is None and not self.prompt_only):
-            raise ConfigError(f"'{self.key_path(key)}': '{csv_path}' needs the columns "
-                              f"{' or '.join(IMAGE_COLUMNS)} and {PROMPT_COLUMN}; it has {columns}")
+            missing = [] if image_col or self.prompt_only else [' or '.join(IMAGE_COLUMNS)]
+            missing += [PROMPT_COLUMN] if PROMPT_COLUMN not in columns else []
+            raise ConfigError(f"'{self.key_path(key)}': '{csv_path}' lacks the column {' and '.join(missing)}; "
+                              f"it has {columns}")
         records = []
-        for row in rows:
+        for row in reader:
             record = {'prompt': (row.get(PROMPT_COLUMN) or '').strip(), 'style': row.get(STYLE_COLUMN) or ''}
-            if image_col and row.get(image_col):
-                record['img_path'] = join_path(image_root, row[image_col].strip())
+            where = f"'{csv_path}' line {reader.line_num}"
+            if image_col and (row.get(image_col) or '').strip():
+                record['img_path'] = self.row_path(image_root, row[image_col], where)
+            elif not self.prompt_only:
+                raise ConfigError(f'{where}: no {image_col} value')
             records.append(record)
         if not records:
             raise ConfigError(f"'{self.key_path(key)}': '{csv_path}' has no rows")
@@ -158,8 +163,8 @@ class ImageTextPairDataset(ImageTextDataset):
             for key in ('width', 'height'):
                 if key in record:
                     record[key] = self._int(record[key], source, number, key)
-            if 'img_path' in record:
-                record['img_path'] = join_path(self.cfg.DATA_ROOT, record['img_path'])
+            if 'img_path' in record and (record['img_path'] or not self.prompt_only):
+                record['img_path'] = self.row_path(self.cfg.DATA_ROOT, record['img_path'], f"'{source}' line {number}")
             records.append(record)
         if not records:
             raise ConfigError(f"'{source}': the index has no samples")
@@ -171,7 +176,7 @@ class ImageTextPairDataset(ImageTextDataset):
         elif self.cfg.INDEX_FILE:
             source = self.cfg.INDEX_FILE
             try:
-                text = FS.get_object(source).decode('utf-8')
+                text = decode_text(FS.get_object(source), source)
             except (FileNotFoundError, IsADirectoryError) as e:
                 raise ConfigError(f"'{self.key_path('INDEX_FILE')}': index file not found: '{source}'") from e
         else:

@@ -32,6 +32,13 @@ class Inspection:
                 'buckets': [{'size': list(s), 'count': n} for s, n in sorted(self.buckets.items())],
                 'bad_files': [{'path': p, 'reason': r} for p, r in sorted(self.bad.items())], 'kind': self.kind}
 
+    BUCKET_COLUMNS = ('height x width', 'aspect (w/h)', 'images', 'share')
+
+    def bucket_rows(self) -> list[tuple[str, str, str, str]]:
+        """The bucket table as the CLI and the Studio show it (BUCKET_COLUMNS)."""
+        total = sum(self.buckets.values()) or 1
+        return [(f'{h} x {w}', f'{w / h:.2f}', str(n), f'{n / total:.1%}') for (h, w), n in self.buckets.items()]
+
 
 def inspect_source(path: str, resolution: int = 512, alignment: int = 64, max_aspect: float = 4.0,
                    upscale: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, threads: int = 8) -> Inspection:

@@ -60,6 +60,18 @@ class BadSampleTally:
                                f"({share:.0%} > MAX_BAD_SHARE {self.max_share:.0%}), e.g. '{example}'")
 
 
+def _image_size(batch: dict) -> tuple[int, int, int] | None:
+    """(samples, height, width) of a batch's images; from target_size when only their cached
+    latents come (no 'image')."""
+    image = batch.get('image')
+    if isinstance(image, torch.Tensor) and image.dim() == 4:
+        return image.shape[0], *image.shape[-2:]
+    target = batch.get('target_size')
+    if image is None and isinstance(target, torch.Tensor) and target.dim() == 2:
+        return target.shape[0], *map(int, target[0].tolist())
+    return None
+
+
 def _batch_len(batch: dict) -> int:
     for key, value in batch.items():
         if key != 'meta' and not key.startswith('_') and hasattr(value, '__len__'):
@@ -76,12 +88,14 @@ class ScepterDataLoader(DataLoader):
         dataset.tally = tally  # hooks read what was trained on from the dataset
 
     def __iter__(self) -> Iterator[dict]:
-        for batch in super().__iter__():
+        arrange = getattr(self.dataset, 'arrange', None)  # a stream's ranks agree on each step's bucket
+        batches = super().__iter__()
+        for batch in arrange(batches) if arrange else batches:
             self.tally.update(batch)
-            image = batch.get('image')
-            if isinstance(image, torch.Tensor) and image.dim() == 4:  # what was trained on: buckets.json
-                self.tally.sizes[tuple(image.shape[-2:])] += 1
-                self.tally.samples[tuple(image.shape[-2:])] += image.shape[0]
+            size = _image_size(batch)
+            if size is not None:  # what was trained on: buckets.json
+                self.tally.sizes[size[1:]] += 1
+                self.tally.samples[size[1:]] += size[0]
             yield batch
 
 

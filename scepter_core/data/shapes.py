@@ -168,7 +168,7 @@ class ShapesDataset(BaseDataset):
     with meta 'image_size'."""
 
     para_dict = {
-        'IMAGE_SIZE': {'value': 64, 'type': int, 'description': 'Image side in pixels.'},
+        'IMAGE_SIZE': {'value': 64, 'type': int, 'min': 1, 'max': 65536, 'description': 'Image side in pixels.'},
         'NUM_SAMPLES': {'value': 1000, 'type': int, 'description': 'Training images (records).'},
         'COLORS': {'value': ['red', 'green', 'blue', 'yellow', 'purple', 'orange'], 'type': list,
                    'description': f"Shape colours, from: {', '.join(COLOR_TABLE)}."},

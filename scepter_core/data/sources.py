@@ -19,6 +19,7 @@ import tarfile
 from functools import lru_cache
 
 from ..errors import ConfigError
+from .paths import decode_text, row_path
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif', '.tif', '.tiff')
 CAPTION_EXTENSIONS = ('.txt', '.caption')
@@ -53,6 +54,21 @@ def read_record(rec: dict) -> bytes:
     if 'parquet_row' in rec:
         return parquet_image(*rec['parquet_row'])
     return read_bytes(rec['img_path'])
+
+
+def record_stat(rec: dict) -> str:
+    """The version of a record's file as its file system reports it (size, modification time,
+    ETag), with its place in the file: what FileIndex compares instead of reading the bytes."""
+    if 'tar_span' in rec:
+        path, place = rec['tar_span'][0], rec['tar_span'][1:]
+    elif 'parquet_row' in rec:
+        path, place = rec['parquet_row'][0], rec['parquet_row'][1:]
+    else:
+        path, place = rec['img_path'], ()
+    fs, p = url_to_fs(path)
+    info = fs.info(p)
+    return repr((info.get('size'), info.get('mtime', info.get('LastModified', info.get('created'))),
+                 info.get('ETag'), *place))
 
 
 def _url(fs, path: str) -> str:
@@ -105,11 +121,14 @@ def shard_urls(path: str) -> list[str]:
     return [join(path, os.path.basename(f)) for f in sorted(fs.ls(root, detail=False)) if f.endswith('.tar')]
 
 
-def records(path: str, kind: str | None = None, caption_exts: tuple[str, ...] = CAPTION_EXTENSIONS) -> list[dict]:
-    """The records of a source (a shard's samples indexed by their byte spans in the tar)."""
+def records(path: str, kind: str | None = None, caption_exts: tuple[str, ...] = CAPTION_EXTENSIONS,
+            allow_remote: bool = False, allow_outside: bool = False) -> list[dict]:
+    """The records of a source (a shard's samples indexed by their byte spans in the tar). The
+    flags say which paths list files may name (see paths.row_path)."""
     kind = kind or detect(path)
-    readers = {'folder': lambda: folder_records(path, caption_exts), 'metadata': lambda: metadata_records(path),
-               'parquet': lambda: parquet_records(path), 'list': lambda: list_records(path),
+    rule = {'allow_remote': allow_remote, 'allow_outside': allow_outside}
+    readers = {'folder': lambda: folder_records(path, caption_exts), 'metadata': lambda: metadata_records(path, **rule),
+               'parquet': lambda: parquet_records(path), 'list': lambda: list_records(path, **rule),
                'shards': lambda: [r for url in shard_urls(path) for r in tar_records(url, caption_exts)]}
     if kind not in readers:
         raise ConfigError(f"DATA_DIR: unknown source kind {kind!r}; one of {', '.join(readers)}")
@@ -135,19 +154,19 @@ def folder_records(path: str, caption_exts: tuple[str, ...] = CAPTION_EXTENSIONS
         top = rel.split(os.sep)[0] if os.sep in rel else ''
         m = REPEAT_FOLDER.match(top)
         sidecar = by_stem.get(os.path.splitext(f)[0])
-        captions = split_captions(fs.cat_file(sidecar).decode('utf-8', 'replace')) if sidecar else []
+        captions = split_captions(decode_text(fs.cat_file(sidecar), _url(fs, sidecar))) if sidecar else []
         out.append({'img_path': _url(fs, f),
                     'captions': captions, 'has_caption': sidecar is not None,
                     'repeats': int(m.group(1)) if m else 1, 'concept': m.group(2) if m else top})
     return out
 
 
-def metadata_records(path: str) -> list[dict]:
+def metadata_records(path: str, allow_remote: bool = False, allow_outside: bool = False) -> list[dict]:
     fs, root = url_to_fs(path)
     file = root if fs.isfile(root) else f"{root.rstrip('/')}/metadata.jsonl"
     base = os.path.dirname(file)
     out = []
-    for number, line in enumerate(fs.cat_file(file).decode('utf-8').splitlines(), 1):
+    for number, line in enumerate(decode_text(fs.cat_file(file), file).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -157,7 +176,9 @@ def metadata_records(path: str) -> list[dict]:
             raise ConfigError(f"'{file}' line {number}: expected a JSON object with 'file_name' ({e})") from e
         text = row.get('text', row.get('caption', row.get('prompt')))
         captions = [str(t) for t in text] if isinstance(text, list) else [] if text is None else [str(text)]
-        out.append({'img_path': join(base, name), 'captions': captions, 'has_caption': text is not None,
+        where = f"'{file}' line {number}"
+        out.append({'img_path': row_path(_url(fs, base), str(name), where, allow_remote, allow_outside),
+                    'captions': captions, 'has_caption': text is not None,
                     'repeats': 1, 'concept': ''})
     return out
 
@@ -196,7 +217,7 @@ def parquet_records(path: str) -> list[dict]:
     return out
 
 
-def list_records(path: str) -> list[dict]:
+def list_records(path: str, allow_remote: bool = False, allow_outside: bool = False) -> list[dict]:
     fs, file = url_to_fs(path)
     if fs.isdir(file):  # a folder of images listed by its CSV: train.csv, else its only .csv
         csvs = sorted(f for f in fs.ls(file, detail=False) if f.endswith('.csv'))
@@ -204,24 +225,30 @@ def list_records(path: str) -> list[dict]:
         if len(chosen) != 1:
             raise ConfigError(f"DATA_DIR: '{path}' holds {len(csvs)} CSV lists; name one of them")
         file, path = chosen[0], join(path, os.path.basename(chosen[0]))
-    text = fs.cat_file(file).decode('utf-8-sig')
-    base = os.path.dirname(path)
+    text = decode_text(fs.cat_file(file), path)
+    base = os.path.dirname(path) or '.'  # a root, so that the list's rows stay under it
+    rule = {'allow_remote': allow_remote, 'allow_outside': allow_outside}
     out = []
     if file.endswith('.csv'):
-        rows = list(csv.DictReader(io.StringIO(text)))
-        col = next((c for c in ('Target:FILE', 'Image:FILE') if rows and c in rows[0]), None)
+        reader = csv.DictReader(io.StringIO(text))
+        columns = reader.fieldnames or []
+        col = next((c for c in ('Target:FILE', 'Image:FILE') if c in columns), None)
         if col is None:
-            raise ConfigError(f"'{path}': a CSV list needs a Target:FILE or Image:FILE column")
-        for row in rows:
+            raise ConfigError(f"'{path}': a CSV list needs a Target:FILE or Image:FILE column; it has {columns}")
+        for row in reader:
+            where = f"'{path}' line {reader.line_num}"
+            if not (row.get(col) or '').strip():
+                raise ConfigError(f'{where}: no {col} value')
             prompt = (row.get('Prompt') or '').strip()
-            out.append({'img_path': join(base, row[col].strip()), 'captions': [prompt] if prompt else [],
+            out.append({'img_path': row_path(base, row[col], where, **rule), 'captions': [prompt] if prompt else [],
                         'has_caption': bool(prompt), 'repeats': 1, 'concept': ''})
         return out
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             parts = [p.strip() for p in line.split('#;#')]
             prompt = parts[-1] if len(parts) > 1 else ''
-            out.append({'img_path': join(base, parts[0]), 'captions': [prompt] if prompt else [],
+            out.append({'img_path': row_path(base, parts[0], f"'{path}' line {number}", **rule),
+                        'captions': [prompt] if prompt else [],
                         'has_caption': bool(prompt), 'repeats': 1, 'concept': ''})
     return out
 
@@ -249,7 +276,7 @@ def tar_records(url: str, caption_exts: tuple[str, ...] = CAPTION_EXTENSIONS) ->
         captions, has_caption = [], False
         for ext in (*caption_exts, '.json'):
             if ext in exts:
-                text = read_bytes(url, *exts[ext]).decode('utf-8', 'replace')
+                text = decode_text(read_bytes(url, *exts[ext]), f'{url}#{key}{ext}')
                 if ext == '.json':
                     row = json.loads(text) if text.strip() else {}
                     text = str(row.get('caption', row.get('text', ''))) if isinstance(row, dict) else ''

@@ -8,6 +8,7 @@ from ..errors import ConfigError
 from ..fs import FS
 from ..registry import DATASETS
 from .base import BaseDataset
+from .paths import decode_text
 
 
 @DATASETS.register_class()
@@ -18,7 +19,8 @@ class Text2ImageDataset(BaseDataset):
         'PROMPT_FILE': {'value': '', 'type': str, 'description': 'Text file, one prompt per line.'},
         'PROMPT_DATA': {'value': [], 'type': list, 'description': 'Prompts given inline instead of PROMPT_FILE.'},
         'PROMPT_PREFIX': {'value': '', 'type': str, 'description': 'Text put before every prompt.'},
-        'IMAGE_SIZE': {'value': 512, 'type': (int, list), 'description': 'Output size: an int or [height, width].'},
+        'IMAGE_SIZE': {'value': 512, 'type': (int, list), 'min': 1, 'max': 65536,
+                       'description': 'Output size: an int or [height, width].'},
         'NUM_SAMPLES': {'value': 1, 'type': int, 'description': 'Items (images to make) per prompt.'},
         'FIELDS': {'value': ['prompt'], 'type': list, 'description': 'Columns of a PROMPT_FILE line split by '
                                                                       'DELIMITER; the one named prompt is used.'},
@@ -40,7 +42,7 @@ class Text2ImageDataset(BaseDataset):
         elif self.cfg.PROMPT_FILE:
             key = 'PROMPT_FILE'
             try:
-                text = FS.get_object(self.cfg.PROMPT_FILE).decode('utf-8')
+                text = decode_text(FS.get_object(self.cfg.PROMPT_FILE), self.cfg.PROMPT_FILE)
             except (FileNotFoundError, IsADirectoryError) as e:
                 raise ConfigError(f"'{self.key_path(key)}': prompt file not found: '{self.cfg.PROMPT_FILE}'") from e
             column = list(self.cfg.FIELDS).index('prompt') if 'prompt' in self.cfg.FIELDS else 0

@@ -15,7 +15,7 @@ from ..env import we
 from ..utils.progress import progress_bar
 from .cuda_graph import maybe_graphed
 from .guidance import constrain_x0
-from .timesteps import PREV_TIMESTEPS, discretize, strength_start, strided_targets
+from .timesteps import PREV_TIMESTEPS, discretize, split_at, strength_start, strided_targets
 
 _PROTOCOL_ARGS = ('denoise', 'x', 'sigmas')
 
@@ -71,6 +71,10 @@ class SamplingMixin:
         """The model's x_t for the sampler's x at sigma."""
         return x / math.sqrt(1.0 + sigma ** 2)
 
+    def sampler_state(self, xt: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The sampler's x for the model's x_t at sigma (the inverse of `model_input`)."""
+        return xt * math.sqrt(1.0 + sigma ** 2)
+
     def timestep_grid(self, steps: int | Sequence[float], discretization: str | None = None,
                       t_max: float | None = None, t_min: float | None = None,
                       discard_penultimate_step: bool = False, integer: bool = False) -> torch.Tensor:
@@ -104,13 +108,18 @@ class SamplingMixin:
                t_max: float | None = None, t_min: float | None = None,
                discard_penultimate_step: bool | None = None, return_intermediate: str | None = None,
                intermediate_callback: Callable | None = None, x: torch.Tensor | None = None,
-               denoising_strength: float = 1.0, prev_timestep: str = 'next', cuda_graph: bool = False,
+               denoising_strength: float = 1.0, denoising_start: float | None = None,
+               denoising_end: float | None = None, prev_timestep: str = 'next', cuda_graph: bool = False,
                **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, list]:
         """Run `solver` from `noise` (N(0, I), shaped like a sample) and return x0.
 
         img2img: with a clean latent `x` and denoising_strength < 1 the run starts part-way
         (int(steps * strength) steps) from x noised by `noise` (drawn from `seed` when None);
-        strength 1 ignores x. discretization None means linspace. discard_penultimate_step
+        strength 1 ignores x. denoising_start / denoising_end (fractions of the training
+        timesteps, diffusers' SDXL base -> refiner split): the run skips the visited timesteps
+        at or above T - start * T, taking x as the model's x_t at the first one left (not noised
+        again), or stops before those below T - end * T and returns the model's x_t there (not
+        x0). discretization None means linspace. discard_penultimate_step
         None takes the sampler's default. return_intermediate 'x0' or 'xt' also returns one
         tensor per step; `intermediate_callback` gets the same value (x0 by default).
         prev_timestep 'strided' (samplers with a `sigmas_to` argument: ddim, ddpm) steps each
@@ -134,14 +143,19 @@ class SamplingMixin:
         ts, sigmas = self.sampler_sigmas(steps, discretization, t_max, t_min, discard_penultimate_step,
                                          getattr(fn, 'discrete_timesteps', False),
                                          ref.shape if ref is not None else torch.Size())
-        start = strength_start(len(sigmas), denoising_strength) if x is not None else 0
-        sigmas = sigmas[start:]
+        start = strength_start(len(sigmas), denoising_strength, self.SPACE == 'flow') if x is not None else 0
+        start, end = split_at(ts, self.num_timesteps, start, len(sigmas) - 1, denoising_start, denoising_end,
+                              x is not None)
+        sigmas = sigmas[start:end + 1]
         if prev_timestep == 'strided':
             if ts is None or 'sigmas_to' not in inspect.signature(fn).parameters:
                 raise ConfigError(f"prev_timestep 'strided': sampler {name!r} only steps to the next timestep "
                                   f'(ddim and ddpm take strided steps)')
-            kwargs['sigmas_to'] = self.strided_sigmas(ts)[start:]
-        x_init, generator = self._initial_state(noise, x, start > 0, float(sigmas[0]), seed)
+            kwargs['sigmas_to'] = self.strided_sigmas(ts)[start:end]
+        if denoising_start is not None:  # x is already the model's x_t at the first timestep left
+            x_init, generator = self.sampler_state(x, float(sigmas[0])), _generator(seed, x.device)
+        else:
+            x_init, generator = self._initial_state(noise, x, start > 0, float(sigmas[0]), seed)
         constant_weights = getattr(model, 'constant_weights', contextlib.nullcontext)
         model = maybe_graphed(model, cuda_graph and condition_fn is None, x_init.device, self.logger)
         denoise = constrain_x0(self.denoiser(model, model_kwargs, guide_scale, guide_rescale),
@@ -158,6 +172,8 @@ class SamplingMixin:
                 self.logger.warning(f'sample: solver {name!r} takes no option(s) {", ".join(ignored)}; ignored')
             with constant_weights():  # packs conv weights where accel prepared the model
                 out = fn(denoise, x_init, sigmas, **options)
+        if float(sigmas[-1]) > 0:  # denoising_end: the model's x_t where the run stopped
+            out = self.model_input(out, float(sigmas[-1]))
         return (out, intermediates) if return_intermediate is not None else out
 
     def _initial_state(self, noise: torch.Tensor | None, x: torch.Tensor | None, img2img: bool, sigma: float,

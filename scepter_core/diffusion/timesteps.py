@@ -64,11 +64,40 @@ def karras_sigmas(sigmas: torch.Tensor, rho: float = 7.0) -> torch.Tensor:
     return torch.cat([out, sigmas.new_zeros(len(sigmas) - n)])
 
 
-def strength_start(num_sigmas: int, strength: float) -> int:
+def strength_start(num_sigmas: int, strength: float, flow: bool = False) -> int:
     """Index into a grid of `num_sigmas` (last one 0) where img2img begins: it runs
-    int(steps * strength) steps, at least one (diffusers' img2img rule)."""
+    int(steps * strength) steps (diffusers' SD / SDXL img2img rule), or with `flow` skips
+    int(steps - steps * strength) (its FLUX / SD3 img2img rule); at least one step."""
     if not 0.0 < strength <= 1.0:
         raise ConfigError(f'denoising_strength: expected a value in (0, 1], got {strength}')
     steps = num_sigmas - 1
-    run = min(max(int(steps * strength), 1), steps)
-    return steps - run
+    run = steps - int(steps - steps * strength) if flow else int(steps * strength)
+    return steps - min(max(run, 1), steps)
+
+
+def split_at(ts: torch.Tensor | None, num_timesteps: int, start: int, last: int, denoising_start: float | None,
+             denoising_end: float | None, has_x: bool) -> tuple[int, int]:
+    """(first, last) indices into a sigma grid (the visited timesteps `ts`, then 0) that a run
+    covers: `start` (from the strength) to `last`, or diffusers' split of the visited timesteps
+    at T - fraction * T (rounded): denoising_start keeps those below it, denoising_end those at
+    or above it (SDXL base -> refiner)."""
+    if denoising_start is None and denoising_end is None:
+        return start, last
+    if ts is None:
+        raise ConfigError('denoising_start / denoising_end: a discrete-time (VP) diffusion only; '
+                          'a flow run takes denoising_strength')
+    if denoising_start is not None and not has_x:
+        raise ConfigError('denoising_start: pass x, the latent a first run stopped at (denoising_end)')
+
+    def cutoff(key: str, value: float) -> int:
+        if not 0.0 < value < 1.0:
+            raise ConfigError(f'{key}: expected a value in (0, 1), got {value}')
+        return int(round(num_timesteps - value * num_timesteps))
+    if denoising_start is not None:
+        start = int((ts >= cutoff('denoising_start', denoising_start)).sum())
+    if denoising_end is not None:
+        last = int((ts >= cutoff('denoising_end', denoising_end)).sum())
+    if start >= last:
+        raise ConfigError(f'denoising_start {denoising_start} / denoising_end {denoising_end}: no step left of '
+                          f'the {len(ts)} visited timesteps')
+    return start, last

@@ -30,6 +30,11 @@ class CheckpointHook(BaseHook):
         st = solver.state
         self._saved_step = st.step if st.last_checkpoint else None  # a resumed run starts from one
 
+    def save_now(self, solver: TrainLoop) -> None:
+        """A checkpoint of the current step with its training state (on an interrupt)."""
+        if self._saved_step != solver.state.step:
+            self._save(solver, with_state=True)
+
     def after_iter(self, solver: TrainLoop) -> None:
         st = solver.state
         if st.is_step_end and self.cfg.INTERVAL and st.step % self.cfg.INTERVAL == 0:
@@ -39,11 +44,11 @@ class CheckpointHook(BaseHook):
         if self.cfg.SAVE_LAST and solver.state.step > 0 and self._saved_step != solver.state.step:
             self._save(solver)
 
-    def _save(self, solver: TrainLoop) -> None:
+    def _save(self, solver: TrainLoop, with_state: bool | None = None) -> None:
         if solver.state.nonfinite_in_row:  # weights of a diverging run are not a checkpoint worth keeping
             self.logger.warning(f'step {solver.state.step}: checkpoint skipped after a non-finite loss')
             return
-        out = solver.save_checkpoint(with_state=self.cfg.SAVE_TRAINING_STATE, keep_last=self.cfg.KEEP_LAST)
+        out = solver.save_checkpoint(with_state=with_state or self.cfg.SAVE_TRAINING_STATE, keep_last=self.cfg.KEEP_LAST)
         self._saved_step = solver.state.step
         if we.is_main:
             self.logger.info(f'checkpoint: {out}')

@@ -48,7 +48,7 @@ class Adafactor(TorchOptimizer):
     """torch.optim.Adafactor (Shazeer & Stern 2018): row and column second moments only."""
 
     para_dict = {
-        'LEARNING_RATE': {'value': 1e-2, 'description': 'Base learning rate (Adafactor uses larger ones).'},
+        'LEARNING_RATE': {'value': 1e-2, 'min': 0, 'description': 'Base learning rate (Adafactor uses larger ones).'},
         'BETA2_DECAY': {'value': -0.8, 'description': 'Decay rate of the second-moment average.'},
         'EPS': {'value': [None, 1e-3], 'description': '[eps1, eps2]: regularisers of the moments and the update.'},
         'D': {'value': 1.0, 'description': 'Update clipping threshold.'},

@@ -21,7 +21,7 @@ class TorchOptimizer(Configurable):
 
     torch_cls: type = torch.optim.SGD
     para_dict = {
-        'LEARNING_RATE': {'value': 1e-4, 'description': 'Base learning rate.'},
+        'LEARNING_RATE': {'value': 1e-4, 'min': 0, 'description': 'Base learning rate.'},
         'WEIGHT_DECAY': {'value': 0.0, 'description': 'Decoupled (AdamW) or L2 weight decay.'},
         'FOREACH': {'value': None, 'type': bool, 'description': 'Multi-tensor implementation; auto when unset.'},
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +22,7 @@ from ..models.base import device_autocast
 from ..registry import DATASETS, HOOKS, LR_SCHEDULERS, METRICS, MODELS, OPTIMIZERS
 from . import state as ckpt
 from ..accel.switches import apply_model_fast_paths, apply_train_fast_paths
+from .interrupt import Interrupted, StopRequest
 from .step import StepSettings, TrainStep
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
@@ -33,7 +35,8 @@ class BaseSolver(BaseObject):
         'WORK_DIR': {'value': './work_dirs/run', 'description': 'Outputs: checkpoints, logs, probes, config.'},
         'LOG_FILE': {'value': 'std_log.txt', 'type': str, 'description': 'Log file name inside WORK_DIR.'},
         'SEED': {'value': 2023, 'description': 'Seed for everything random in training.'},
-        'MAX_STEPS': {'value': 1000, 'description': 'Optimizer steps to train (ignored when MAX_EPOCHS > 0).'},
+        'MAX_STEPS': {'value': 1000, 'min': 0,
+                      'description': 'Optimizer steps to train (ignored when MAX_EPOCHS > 0).'},
         'MAX_EPOCHS': {'value': -1, 'description': 'Train this many passes over TRAIN_DATA instead (-1: off).'},
         'NUM_FOLDS': {'value': 1, 'description': 'Accepted for Scepter recipes (repeats of the data per epoch).'},
         'ACCU_STEP': {'value': 1, 'description': 'Micro-batches accumulated per optimizer step.'},
@@ -67,7 +70,8 @@ class BaseSolver(BaseObject):
                                          'fp8 on fp8 GPUs; with a TUNER the whole base is frozen.'},
         'TRAIN_MODULES': {'value': [], 'description': 'If set, only these module prefixes train.'},
         'SAVE_MODULES': {'value': [], 'description': 'If set, checkpoints keep only these module prefixes.'},
-        'TUNER': {'value': None, 'description': 'Parameter-efficient tuners (list of TUNERS blocks) or a trained adapter path.'},
+        'TUNER': {'value': None, 'registry': 'TUNERS',
+                  'description': 'Parameter-efficient tuners (list of TUNERS blocks) or a trained adapter path.'},
         'FILE_SYSTEM': {'value': None, 'registry': 'FILE_SYSTEMS', 'description': 'File system block (cache directory).'},
         'MODEL': {'value': None, 'registry': 'MODELS', 'description': 'The network to train or test.'},
         'TRAIN_DATA': {'value': None, 'registry': 'DATASETS', 'description': 'Training data.'},
@@ -134,19 +138,29 @@ class BaseSolver(BaseObject):
 
     def after_solve(self) -> None:
         self.call_hooks('after_solve')
+        cache = getattr(self.unwrapped_model, 'latent_cache', None)
+        if cache is not None and cache.disk is not None:  # SOLVER.CACHE_DIR: the next run finds every row
+            cache.disk.close()
 
     # ---- construction -------------------------------------------------------------------
     def construct_data(self) -> None:
         keys = {'train': 'TRAIN_DATA', 'eval': 'EVAL_DATA', 'test': 'TEST_DATA'}
         for mode, key in keys.items():
             if mode in self._mode_set and self.cfg[key]:
-                self.datas[mode] = DATASETS.build(self.cfg[key], logger=self.logger)
+                self.datas[mode] = DATASETS.build(self.cfg[key], logger=self.logger, **self._data_extras(mode, key))
         if 'test' in self._mode_set and 'test' not in self.datas:
             raise ConfigError("'SOLVER.TEST_DATA': nothing to test: the recipe has no TEST_DATA block")
         if self.cfg.MAX_EPOCHS and self.cfg.MAX_EPOCHS > 0 and 'train' in self.datas:
             data = self.datas['train']
             per_step = data.cfg.BATCH_SIZE * we.world_size * self.step_settings.accu_step
             self.state.max_steps = math.ceil(self.cfg.MAX_EPOCHS * len(data) * self.cfg.NUM_FOLDS / per_step)
+
+    def _data_extras(self, mode: str, key: str) -> dict[str, Any]:
+        """A dataset that keeps a file index beside the latent cache gets its directory."""
+        takes = getattr(DATASETS.get(self.cfg[key].NAME), 'takes_cache_dir', False)
+        if mode == 'train' and takes and self.cfg.CACHE_LATENTS and self.cfg.CACHE_DIR:
+            return {'cache_dir': self.cfg.CACHE_DIR}
+        return {}
 
     def construct_model(self) -> None:
         self.model = MODELS.build(self.cfg.MODEL, logger=self.logger)
@@ -160,6 +174,17 @@ class BaseSolver(BaseObject):
         if self.cfg.TUNER:  # adapters go in before DDP wrapping and before the optimizer sees parameters
             from ..tuners import apply_tuners
             self.model = apply_tuners(self.model, self.cfg.TUNER, self.logger)
+        self._check_alignment()
+
+    def _check_alignment(self) -> None:
+        """Bucket sides (multiples of TRAIN_DATA.ALIGNMENT) must suit the model, or the first
+        odd-sized batch fails deep inside the backbone."""
+        data = self.datas.get('train')
+        align = data.cfg.get('ALIGNMENT') if data is not None else None
+        need = getattr(self.unwrapped_model, 'pixel_multiple', None)
+        if align and need and align % need:
+            raise ConfigError(f"'SOLVER.TRAIN_DATA.ALIGNMENT': {align} is not a multiple of {need}, the model's "
+                              f'VAE factor times its backbone downsampling; bucket sides must be (e.g. {need})')
 
     def construct_metrics(self) -> None:
         self.metrics = [METRICS.build(m, logger=self.logger) for m in self.cfg.METRICS or []]
@@ -251,17 +276,35 @@ class BaseSolver(BaseObject):
 
     def run_train(self) -> None:
         data_iter = self.batches()
-        self.begin_train()
-        while self.state.step < self.state.max_steps:
-            self.call_hooks('before_iter')
-            t0 = time.perf_counter()
-            batch = next(data_iter)
-            self.train_step(batch, t0, time.perf_counter())
+        with StopRequest(self.logger) as stop:
+            self.begin_train()
+            while self.state.step < self.state.max_steps:
+                self.call_hooks('before_iter')
+                t0 = time.perf_counter()
+                batch = next(data_iter)
+                self.train_step(batch, t0, time.perf_counter())
+                signum = stop.requested() if self.state.is_step_end else 0
+                if signum:
+                    self.stop_on_signal(signum)
         self.call_hooks('after_all_iter')
+
+    def stop_on_signal(self, signum: int) -> None:
+        """Write a checkpoint of the step just finished and stop (a signal asked to)."""
+        saver = next((h for h in self.hooks.get('train', []) if hasattr(h, 'save_now')), None)
+        if saver is not None:
+            saver.save_now(self)
+        elif not self.state.nonfinite_in_row:
+            self.state.last_checkpoint = str(self.save_checkpoint(with_state=True))
+        name = signal.Signals(signum).name
+        where = self.state.last_checkpoint
+        saved = f'checkpoint {where}; continue with --resume latest' if where else 'no checkpoint written'
+        raise Interrupted(f'stopped by {name} after step {self.step}: {saved}', signum)
 
     def begin_train(self) -> None:
         self.model.train()
+        ckpt.refuse_newer(self.work_dir / 'checkpoints', self.state.step)
         self.call_hooks('before_all_iter')
+        ckpt.pin_cpu_gemm(self._resume)
         ckpt.restore_rng(self._resume, self.cfg.SEED, self.state.step)  # last: loader creation must not shift it
 
     def train_step(self, batch: dict[str, Any], t0: float, t1: float) -> None:

@@ -20,6 +20,7 @@ from ..checkpoint import LATEST, WEIGHTS, find_step_dir, fsync_dir, load_into, l
 from ..config import Config
 from ..env import we
 from ..errors import CheckpointError
+from . import resume_guard as guard
 
 # `solver` below is a BaseSolver; not imported, since the solver imports this module.
 BaseSolver = Any
@@ -71,7 +72,7 @@ def write_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor], st
                 os.fsync(fh.fileno())
         fsync_dir(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
         fsync_dir(root)
         pointer = root / f'.{LATEST}.tmp'
@@ -83,6 +84,14 @@ def write_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor], st
     return final
 
 
+def _discard(step_dir: Path) -> None:
+    """Delete a step directory; renamed away first, so a kill mid-delete never leaves a
+    half-deleted step (a leftover `.step-*.tmp-*` is cleaned by the next `prune`)."""
+    gone = step_dir.with_name(f'.{step_dir.name}.tmp-old-{os.getpid()}')
+    os.replace(step_dir, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 def resolve_checkpoint(path: str | Path, work_dir: str | Path | None = None) -> Path:
     """`latest` (in WORK_DIR), a work dir, a checkpoints dir, a step dir or a pointer -> the step dir."""
     if str(path) == LATEST:
@@ -90,23 +99,54 @@ def resolve_checkpoint(path: str | Path, work_dir: str | Path | None = None) -> 
             raise CheckpointError("'--resume latest' needs a WORK_DIR")
         path = Path(work_dir)
     step = find_step_dir(path)
+    newest = newest_step_dir(Path(path) / 'checkpoints') if str(path) == str(work_dir) else None
+    if newest is not None and (step is None or step_number(newest) > step_number(step)):
+        step = newest  # a save killed between its rename and the pointer's update
     if step is None or not (step / WEIGHTS).is_file():
         raise CheckpointError(f"no checkpoint at '{path}' (expected {WEIGHTS} in a step directory, "
                               f"or a '{LATEST}' pointer)")
     return step
 
 
+def step_number(step_dir: Path) -> int:
+    """The step of a `step-NNNNNN` directory (-1 for other names)."""
+    name = step_dir.name
+    return int(name[5:]) if name.startswith('step-') and name[5:].isdigit() else -1
+
+
+def step_dirs(root: Path) -> list[Path]:
+    """The finished step directories under a checkpoints dir, oldest first."""
+    found = [d for d in root.glob('step-*') if d.is_dir() and step_number(d) >= 0] if root.is_dir() else []
+    return sorted(found, key=step_number)
+
+
+def newest_step_dir(root: Path) -> Path | None:
+    """The newest finished step directory with weights (None when there is none)."""
+    done = [d for d in step_dirs(root) if (d / WEIGHTS).is_file()]
+    return done[-1] if done else None
+
+
+def refuse_newer(root: Path, step: int) -> None:
+    """Training from `step` would overwrite the checkpoints of later steps in `root`: refuse."""
+    newer = [d for d in step_dirs(root) if step_number(d) > step]
+    if newer:
+        raise CheckpointError(f"'{root}' already holds {newer[-1].name}, newer than step {step} where this run "
+                              f"starts, and training would overwrite it: resume it with --resume latest, "
+                              f"or train in another --work-dir")
+
+
 def prune(root: Path, keep_last: int) -> None:
-    """Keep the newest `keep_last` step directories (and always the one `latest` names)."""
+    """Remove the leftovers of killed saves and keep the newest `keep_last` step directories
+    (0: all; always the one `latest` names)."""
+    for d in root.glob('.step-*.tmp-*'):  # leftovers of a killed save (WORK_DIR's lock: none is in progress)
+        shutil.rmtree(d, ignore_errors=True)
     if keep_last <= 0:
         return
-    steps = sorted(d for d in root.glob('step-*') if d.is_dir() and '.tmp-' not in d.name)
+    steps = step_dirs(root)
     latest = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
     for d in steps[:-keep_last]:
         if d.name != latest:
-            shutil.rmtree(d, ignore_errors=True)
-    for d in root.glob('.step-*.tmp-*'):  # leftovers of a killed save
-        shutil.rmtree(d, ignore_errors=True)
+            _discard(d)
 
 
 def read_training_state(step_dir: Path) -> dict[str, Any] | None:
@@ -157,7 +197,8 @@ def training_state(solver: BaseSolver) -> dict[str, Any]:
         hooks = full_tensors(hooks)
     rng = rng_state()
     return {
-        **solver.state.counters(), 'optimizer': optimizer, 'optimizer_by_name': solver.is_fsdp,
+        **solver.state.counters(), 'max_steps': solver.state.max_steps, 'cpu_gemm': _PINNED['gemm'],
+        'optimizer': optimizer, 'optimizer_by_name': solver.is_fsdp,
         'lr_scheduler': solver.lr_scheduler.state_dict() if solver.lr_scheduler else None,
         'scaler': solver.scaler.state_dict() if solver.scaler else None,
         'hooks': hooks, 'world_size': we.world_size,
@@ -193,15 +234,26 @@ def save(solver: BaseSolver, with_state: bool = True, keep_last: int = 0) -> Pat
 def load(solver: BaseSolver, checkpoint: str) -> dict[str, Any] | None:
     """Restore weights and (without LOAD_MODEL_ONLY) optimizer, scheduler, scaler, hooks and
     counters. Returns `{'rng': this rank's RNG state or None}` for `restore_rng` once the
-    loaders exist, or None when only weights were loaded."""
+    loaders exist, or None when only weights were loaded. A full resume needs the training
+    state and a recipe that changed only where a resume can follow (resume_guard.py)."""
     step_dir = resolve_checkpoint(checkpoint, solver.work_dir)
+    model_only = bool(solver.cfg.LOAD_MODEL_ONLY)
+    saved = None if model_only else read_training_state(step_dir)
+    if saved is None and not model_only:
+        raise CheckpointError(f"cannot resume from '{step_dir}': it has weights but no {STATE} (optimizer, "
+                              f"schedule and position), so training cannot continue where it stopped; start "
+                              f"from its weights at step 0 in another --work-dir with "
+                              f"--set SOLVER.LOAD_MODEL_ONLY=true")
+    recipe = None
+    if not model_only:
+        recipe = guard.saved_solver(step_dir)
+        guard.check_recipe(step_dir, recipe, guard.current_solver(solver.cfg_root, solver.cfg))
     if solver.is_fsdp:  # each rank reads the whole file and keeps its shard
         from ..fsdp import load_full_model_state
         report = load_full_model_state(solver.model, load_state_dict(step_dir / WEIGHTS))
     else:
         report = load_into(solver.unwrapped_model, load_state_dict(step_dir / WEIGHTS), logger=solver.logger)
     solver.logger.info(f'resumed weights from {step_dir}: {report}')
-    saved = None if solver.cfg.LOAD_MODEL_ONLY else read_training_state(step_dir)
     if saved is None:
         return None
     st = solver.state
@@ -227,8 +279,11 @@ def load(solver: BaseSolver, checkpoint: str) -> dict[str, Any] | None:
     per_rank = saved.get('rng_per_rank') or [saved['rng']]
     same_world = saved['world_size'] == we.world_size and len(per_rank) == we.world_size
     st.last_checkpoint = str(step_dir)
+    guard.apply_learning_rate(solver, recipe, solver.logger)
+    old_max = saved.get('max_steps', (recipe or {}).get('MAX_STEPS'))
+    guard.warn_schedule_length(solver, int(old_max) if old_max is not None else None, solver.logger)
     solver.logger.info(f'resuming at step {st.step} from {step_dir}')
-    return {'rng': per_rank[we.rank] if same_world else None}
+    return {'rng': per_rank[we.rank] if same_world else None, 'cpu_gemm': saved.get('cpu_gemm')}
 
 
 def restore_rng(resume: dict[str, Any] | None, seed: int, step: int) -> None:
@@ -240,3 +295,24 @@ def restore_rng(resume: dict[str, Any] | None, seed: int, step: int) -> None:
     else:  # resumed with another world size: fresh streams, not those of step 0 again
         from ..data.samplers import mix_seed
         we.seed_all(mix_seed(seed, step) % 2 ** 31)
+
+
+_PINNED: dict[str, str | None] = {'gemm': None}  # the CPU matmul backend this process pinned
+
+
+def pin_cpu_gemm(resume: dict[str, Any] | None) -> None:
+    """Fix the fp32 CPU matmul backend (accel/gemm.py) for training, since its kernels round
+    differently: the one the resumed checkpoint trained with, else rank 0's probe, so that a
+    noisy timing probe gives neither two ranks nor a resume another choice.
+    SCEPTER_CPU_GEMM set by the user wins."""
+    from ..accel import gemm
+    given = os.environ.get(gemm.ENV)
+    if we.device.type != 'cpu' or (given and given != _PINNED['gemm'] and gemm.choice() != 'auto'):
+        return
+    value = (resume or {}).get('cpu_gemm')
+    if value not in ('onednn', 'aten'):
+        os.environ.pop(gemm.ENV, None)
+        from ..dist import all_gather
+        value = gemm.backend()
+        value = all_gather(value)[0] if we.is_distributed else value
+    os.environ[gemm.ENV] = _PINNED['gemm'] = value

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..base import get_logger
 from ..checkpoint import load_state_dict, read_safetensors_header, save_state_dict
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .apply import adapter_configs, inject_state, model_lora_state, record_of
 from .state import ADAPTER_KEY, LoraState, split_state
 
@@ -89,10 +89,10 @@ def read_ours(path: Path, logger: logging.Logger | None = None) -> LoraState:
 
 
 def detect_lora_format(keys: list[str]) -> str:
-    """'kohya', 'diffusers' (peft-style keys under unet. / text_encoder.) or 'ours'."""
-    if any(k.startswith(('lora_unet_', 'lora_te_', 'lora_te1_', 'diffusion_model.')) for k in keys):
+    """'kohya', 'diffusers' (peft-style keys under unet. / text_encoder(_2). / transformer.) or 'ours'."""
+    if any(k.startswith(('lora_unet_', 'lora_te_', 'lora_te1_', 'lora_te2_', 'diffusion_model.')) for k in keys):
         return 'kohya'  # ComfyUI's diffusion_model.* layout reads as kohya's
-    if any(k.startswith(('unet.', 'text_encoder.')) for k in keys):
+    if any(k.startswith(('unet.', 'text_encoder.', 'text_encoder_2.', 'transformer.')) for k in keys):
         return 'diffusers'
     if any(ADAPTER_KEY.match(k) for k in keys):
         return 'ours'
@@ -140,7 +140,12 @@ def load_adapter(model: nn.Module, path: str | Path | LoraState, scale: float = 
 def parse_lora_spec(spec: str) -> tuple[str, float]:
     """'PATH[:SCALE]' -> (path, scale); a path may itself contain ':' (ms://...)."""
     m = _SPEC.match(spec)
-    return (m['path'], float(m['scale'])) if m else (spec, 1.0)
+    if m:
+        return m['path'], float(m['scale'])
+    head, _, scale = spec.rpartition(':')
+    if head and Path(head).is_file():  # FILE:SCALE whose scale is not a number
+        raise ConfigError(f"LoRA '{spec}': the scale '{scale}' after ':' is not a number (e.g. {head}:0.8)")
+    return spec, 1.0
 
 
 def apply_lora_files(model: nn.Module, specs: list[str], logger: logging.Logger | None = None) -> list[str]:
@@ -149,6 +154,11 @@ def apply_lora_files(model: nn.Module, specs: list[str], logger: logging.Logger 
     names: list[str] = []
     for spec in specs:
         path, scale = parse_lora_spec(spec)
-        names += load_adapter(model, path, scale=scale, trainable=False, logger=logger)
+        try:
+            names += load_adapter(model, path, scale=scale, trainable=False, logger=logger)
+        except CheckpointError as e:
+            if path in str(e):
+                raise
+            raise CheckpointError(f"LoRA '{path}': {e}") from e
     return names
 

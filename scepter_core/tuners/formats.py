@@ -2,11 +2,12 @@
 
 kohya / A1111 (what kohya sd-scripts writes for SD 1.x and A1111, ComfyUI and diffusers
 read): `lora_unet_<diffusers UNet module>` and `lora_te_text_model_<CLIP module>`, dots as
-underscores, with `.lora_down.weight` (A), `.lora_up.weight` (B) and `.alpha`. Names built
-from the original LDM UNet (`lora_unet_input_blocks_...`) are read too.
+underscores, with `.lora_down.weight` (A), `.lora_up.weight` (B) and `.alpha`. SDXL, as
+sd-scripts writes it: the UNet by its SGM modules (`lora_unet_input_blocks_4_1_...`) and the two
+encoders as `lora_te1_` / `lora_te2_`. Either UNet layout is read for every family.
 
-diffusers / peft: `unet.<diffusers module>.lora_A.weight` / `.lora_B.weight` and
-`text_encoder.text_model.<CLIP module>...`, ranks and alphas as LoraConfig fields in the
+diffusers / peft: `unet.<diffusers module>.lora_A.weight` / `.lora_B.weight`,
+`text_encoder.text_model.<CLIP module>...` (SDXL: also `text_encoder_2.`), ranks and alphas as LoraConfig fields in the
 `lora_adapter_metadata` JSON. UNet names go through the converters' UNet table."""
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ from torch import nn
 
 from ..checkpoint import load_state_dict, read_safetensors_header, save_state_dict
 from ..errors import CheckpointError
+from ..convert.fused_map import Entry
 from .apply import model_lora_state, record_of
+from .fused_lora import backbone_entries, fuse_lora, split_lora
 from .state import LoraState, ModuleLora, block_for, flatten, group
 
 UNET, TEXT = 'model.', 'cond_stage_model.transformer.'
 OWN_NAMED = ('Flux', 'MMDiT')
 COMFY = 'diffusion_model.'
+FLOW = 'transformer.'  # diffusers' component of the flow transformers
 COMPONENTS = (UNET, 'cond_stage_model.')   # one adapter per component on import
 DIFFUSERS_METADATA = 'lora_adapter_metadata'
 
@@ -40,9 +44,26 @@ def _adaptable(module: nn.Module) -> list[str]:
     return names
 
 
+def text_encoders(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
+    """{our prefix: (diffusers folder, CLIP text module)} of the model's text encoders: SD's one
+    (`cond_stage_model.transformer.`: text_encoder), or the text embedders of SDXL's conditioner
+    (`cond_stage_model.embedders.N.transformer.`: text_encoder, text_encoder_2; the refiner's
+    bigG alone: text_encoder_2), named as the converters name their folders."""
+    from ..convert.text_map import ours_text_folders
+    cond = getattr(model, 'cond_stage_model', None)
+    if cond is None:
+        return {}
+    if hasattr(cond, 'transformer'):
+        return {TEXT: ('text_encoder', cond.transformer)}
+    towers = {f'cond_stage_model.embedders.{i}.transformer.': e.transformer
+              for i, e in enumerate(getattr(cond, 'embedders', None) or []) if hasattr(e, 'transformer')}
+    folders = ours_text_folders({prefix: None for prefix in towers})
+    return {prefix: (folder, towers[prefix]) for folder, prefix in folders.items() if prefix in towers}
+
+
 def diffusers_names(model: nn.Module) -> dict[str, str]:
-    """Our module name -> diffusers module name (`unet.*`, `text_encoder.text_model.*`) for
-    every adaptable layer of the UNet (`model`) and the text encoder (`cond_stage_model`)."""
+    """Our module name -> diffusers module name (`unet.*`, `text_encoder.text_model.*`,
+    `text_encoder_2.*`) for every adaptable layer of the UNet (`model`) and the text encoders."""
     from ..convert import unet_keymap
     out: dict[str, str] = {}
     unet = getattr(model, 'model', None)
@@ -54,10 +75,16 @@ def diffusers_names(model: nn.Module) -> dict[str, str]:
             except CheckpointError:
                 continue  # no diffusers counterpart
             out[UNET + name] = 'unet.' + theirs.removesuffix('.weight')
-    text = getattr(getattr(model, 'cond_stage_model', None), 'transformer', None)
-    if text is not None:
-        out.update({TEXT + n: 'text_encoder.' + n for n in _adaptable(text)})
+    for prefix, (folder, text) in text_encoders(model).items():
+        out.update({prefix + n: f'{folder}.{n}' for n in _adaptable(text)})
     return out
+
+
+def sgm_layout(model: nn.Module) -> bool:
+    """Whether kohya names this model's UNet by its original SGM modules: SDXL (a UNet taking
+    the vector y), which sd-scripts trains on its own SGM UNet; SD 1.x/2.x use diffusers' names."""
+    unet = getattr(model, 'model', None)
+    return getattr(getattr(unet, 'cfg', None), 'NUM_CLASSES', None) == 'sequential'
 
 
 def own_named_backbone(model: nn.Module) -> nn.Module | None:
@@ -68,24 +95,29 @@ def own_named_backbone(model: nn.Module) -> nn.Module | None:
     return backbone if BACKBONES.name_of(type(backbone)) in OWN_NAMED else None
 
 
-def kohya_names(model: nn.Module) -> dict[str, str]:
-    """Our module name -> kohya name (`lora_unet_down_blocks_0_...`, `lora_te_text_model_...`;
-    FLUX / SD3: `lora_unet_double_blocks_0_img_attn_qkv`, the original names)."""
+KOHYA_TEXT = {'text_encoder': 'lora_te1_', 'text_encoder_2': 'lora_te2_'}  # SDXL's two encoders
+
+
+def kohya_names(model: nn.Module, sgm: bool | None = None) -> dict[str, str]:
+    """Our module name -> kohya name: SD 1.x/2.x `lora_unet_down_blocks_0_...`,
+    `lora_te_text_model_...`; SDXL (or `sgm`) `lora_unet_input_blocks_4_1_...` (SGM names),
+    `lora_te1_text_model_...`, `lora_te2_text_model_...`; FLUX / SD3
+    `lora_unet_double_blocks_0_img_attn_qkv` (the original names)."""
     backbone = own_named_backbone(model)
     if backbone is not None:
         return {UNET + n: 'lora_unet_' + n.replace('.', '_') for n in _adaptable(backbone)}
-    out = {}
+    sgm = sgm_layout(model) if sgm is None else sgm
+    two = len(text_encoders(model)) > 1 or sgm_layout(model)
+    unet = getattr(model, 'model', None)
+    out = {UNET + n: 'lora_unet_' + n.replace('.', '_') for n in _adaptable(unet)} if sgm and unet is not None else {}
     for ours, theirs in diffusers_names(model).items():
         component, rest = theirs.split('.', 1)
-        prefix = 'lora_unet_' if component == 'unet' else 'lora_te_'
-        out[ours] = prefix + rest.replace('.', '_')
+        if component == 'unet':
+            if not sgm:
+                out[ours] = 'lora_unet_' + rest.replace('.', '_')
+        else:
+            out[ours] = (KOHYA_TEXT[component] if two else 'lora_te_') + rest.replace('.', '_')
     return out
-
-
-def _ldm_kohya_names(model: nn.Module) -> dict[str, str]:
-    """kohya names built from our (original LDM) UNet names -> our name; read, never written."""
-    unet = getattr(model, 'model', None)
-    return {} if unet is None else {'lora_unet_' + n.replace('.', '_'): UNET + n for n in _adaptable(unet)}
 
 
 def _flat_lora(model: nn.Module, source: LoraState | None) -> dict[str, ModuleLora]:
@@ -146,7 +178,8 @@ def import_kohya(path: str | Path, model: nn.Module) -> LoraState:
     sd = load_state_dict(path)
     sd = {k.replace('.lora_A.weight', '.lora_down.weight').replace('.lora_B.weight', '.lora_up.weight'): v
           for k, v in sd.items()}
-    lookup = {**_ldm_kohya_names(model), **{k: o for o, k in kohya_names(model).items()}}
+    # either UNet layout (SGM / LDM names, as for SDXL and old SD files, or diffusers')
+    lookup = {k: o for sgm in (True, False) for o, k in kohya_names(model, sgm).items()}
     backbone = own_named_backbone(model)
     if backbone is not None:
         lookup.update({COMFY + n: UNET + n for n in _adaptable(backbone)})
@@ -174,32 +207,53 @@ def import_kohya(path: str | Path, model: nn.Module) -> LoraState:
 
 # ---- diffusers / peft ---------------------------------------------------------------------
 
-def _diffusers_config(entries: dict[str, ModuleLora], names: dict[str, str], prefix: str) -> dict:
+def _diffusers_config(rel: dict[str, ModuleLora]) -> dict:
     """LoraConfig fields for one diffusers component, names relative to it (the text
     encoder's without `text_model.`, which transformers 5 no longer nests)."""
-    rel = {names[m].removeprefix(prefix).removeprefix('text_model.'): e for m, e in entries.items()}
+    rel = {n.removeprefix('text_model.'): e for n, e in rel.items()}
     block = block_for(rel)
     return {'r': block['R'], 'lora_alpha': block['LORA_ALPHA'], 'use_dora': block['USE_DORA'],
             'target_modules': sorted(rel), 'rank_pattern': block['RANK_PATTERN'],
             'alpha_pattern': block['ALPHA_PATTERN']}
 
 
+def _flow_diffusers_names(backbone: nn.Module) -> dict[str, tuple[Entry, str]]:
+    """diffusers name (`transformer.*`) -> (the table entry of our fused / renamed layer, its piece)."""
+    return {FLOW + t: (entry, t) for entry in backbone_entries(backbone).values() for t in entry.theirs}
+
+
+def _to_diffusers(model: nn.Module, flat: dict[str, ModuleLora]) -> dict[str, ModuleLora]:
+    """Our adapters -> diffusers module name -> adapter (a fused layer's split into its pieces)."""
+    backbone = own_named_backbone(model)
+    if backbone is None:
+        names = diffusers_names(model)
+        return {_name_of(names, m, 'diffusers'): e for m, e in flat.items()}
+    table = backbone_entries(backbone)
+    out: dict[str, ModuleLora] = {}
+    for module, e in flat.items():
+        rel = module.removeprefix(UNET)
+        if not module.startswith(UNET) or rel not in table:
+            raise CheckpointError(f"'{module}' has no diffusers name: the diffusers layout of "
+                                  f"{type(backbone).__name__} covers the transformer's layers only")
+        out.update({FLOW + n: piece for n, piece in split_lora(table[rel], e).items()})
+    return out
+
+
 def export_peft_diffusers(model: nn.Module, path: str | Path, source: LoraState | None = None) -> Path:
     """Write the model's adapters (or `source`) in the diffusers/peft LoRA format
-    (`pipeline.load_lora_weights` reads it)."""
-    flat = _flat_lora(model, source)
-    names = diffusers_names(model)
+    (`pipeline.load_lora_weights` reads it; FLUX / SD3: `transformer.*`, fused layers split)."""
+    theirs = _to_diffusers(model, _flat_lora(model, source))
     sd: dict[str, torch.Tensor] = {}
     by_component: dict[str, dict[str, ModuleLora]] = {}
-    for module, e in flat.items():
-        n = _name_of(names, module, 'diffusers')
+    for n, e in theirs.items():
         sd.update({f'{n}.lora_A.weight': e.down, f'{n}.lora_B.weight': e.up})
         if e.magnitude is not None:
             sd[f'{n}.lora_magnitude_vector.weight'] = e.magnitude
-        by_component.setdefault(n.split('.', 1)[0] + '.', {})[module] = e
+        component, rel = n.split('.', 1)
+        by_component.setdefault(component + '.', {})[rel] = e
     meta = {}
-    for prefix, entries in by_component.items():
-        meta.update({prefix + k: v for k, v in _diffusers_config(entries, names, prefix).items()})
+    for prefix, rel in by_component.items():
+        meta.update({prefix + k: v for k, v in _diffusers_config(rel).items()})
     save_state_dict(sd, path, metadata={'format': 'pt', DIFFUSERS_METADATA: json.dumps(meta, sort_keys=True),
                                         'scepter_base_hash': record_of(model).base_hash})
     return Path(path)
@@ -227,10 +281,11 @@ def import_peft_diffusers(path: str | Path, model: nn.Module) -> LoraState:
     """A diffusers/peft LoRA file -> LoraState in our names."""
     sd = load_state_dict(path)
     meta = json.loads(_file_metadata(path).get(DIFFUSERS_METADATA) or '{}')
-    lookup = {d: o for o, d in diffusers_names(model).items()}
-    # Files written against transformers 5 may name the text encoder without `text_model.`.
-    lookup.update({'text_encoder.' + d.removeprefix('text_encoder.text_model.'): o for d, o in list(lookup.items())
-                   if d.startswith('text_encoder.text_model.')})
+    backbone = own_named_backbone(model)
+    lookup = {d: o for o, d in diffusers_names(model).items()} if backbone is None else _flow_diffusers_names(backbone)
+    # Files written against transformers 5 may name the text encoders without `text_model.`.
+    lookup.update({d.replace('.text_model.', '.', 1): o for d, o in list(lookup.items())
+                   if d.startswith(('text_encoder.text_model.', 'text_encoder_2.text_model.'))})
     flat: dict[str, ModuleLora] = {}
     parts = ('.lora_A.weight', '.lora_B.weight', '.lora_magnitude_vector.weight', '.alpha')
     for key in sd:
@@ -247,6 +302,21 @@ def import_peft_diffusers(path: str | Path, model: nn.Module) -> LoraState:
                                  int(down.shape[0]), sd.get(f'{name}.alpha'))
         flat[lookup[name]] = ModuleLora(down, sd[f'{name}.lora_B.weight'], alpha,
                                         sd.get(f'{name}.lora_magnitude_vector.weight'))
+    if backbone is not None:
+        flat = _fuse(backbone, flat)
     state = group(flat, COMPONENTS)
     state.metadata = {'base_hash': _file_metadata(path).get('scepter_base_hash', '')}
     return state
+
+
+def _fuse(backbone: nn.Module, pieces: dict[tuple[Entry, str], ModuleLora]) -> dict[str, ModuleLora]:
+    """Adapters on diffusers' pieces -> adapters on our layers."""
+    by_layer: dict[Entry, dict[str, ModuleLora]] = {}
+    for (entry, piece), e in pieces.items():
+        by_layer.setdefault(entry, {})[piece] = e
+    out = {}
+    for entry, found in by_layer.items():
+        layer = backbone.get_submodule(entry.ours)
+        shape = getattr(layer, 'base_layer', layer).weight.shape
+        out[UNET + entry.ours] = fuse_lora(entry, found, shape)
+    return out

@@ -1,8 +1,9 @@
-"""Data: a folder's images as thumbnails, and the caption beside each, editable."""
+"""Data: a folder's images as thumbnails, the caption beside each, editable, and the bucket
+table of `scepter data inspect`."""
 import gradio as gr
 
 from ..app import Studio, friendly
-from ..datasets import list_images, read_caption, save_caption
+from ..datasets import bucket_table, list_images, read_caption, save_caption
 
 
 def build(studio: Studio) -> None:
@@ -15,6 +16,12 @@ def build(studio: Studio) -> None:
     caption = gr.Textbox(label='Caption (saved as NAME.txt beside the image)', lines=3, elem_id='data_caption')
     save = gr.Button('Save caption', variant='primary', elem_id='data_save')
     status = gr.Markdown('', elem_id='data_status')
+    with gr.Row():
+        resolution = gr.Number(512, label='Bucket budget (side, pixels)', precision=0, minimum=8,
+                               elem_id='data_resolution')
+        alignment = gr.Number(64, label='Alignment', precision=0, minimum=1, elem_id='data_alignment')
+        inspect = gr.Button('Bucket table (scepter data inspect)', elem_id='data_inspect')
+    buckets = gr.Markdown('', elem_id='data_buckets')
     shown = gr.State([])
 
     @friendly
@@ -33,7 +40,13 @@ def build(studio: Studio) -> None:
         file = save_caption(studio.roots, image_ or '', caption_ or '')
         return f'saved {studio.roots.relative(file)}'
 
+    @friendly
+    def inspect_it(folder_, resolution_, alignment_):
+        return bucket_table(studio.roots, folder_ or '', int(resolution_ or 512), int(alignment_ or 64))
+
     load.click(open_folder, folder, [gallery, shown, status])
+    inspect.click(inspect_it, [folder, resolution, alignment], buckets, concurrency_limit=1,
+                  concurrency_id='inspect')
     folder.submit(open_folder, folder, [gallery, shown, status])
     gallery.select(pick, shown, [image, caption])
     save.click(save_it, [image, caption], status)

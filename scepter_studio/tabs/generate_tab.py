@@ -1,5 +1,6 @@
-"""Generate: model and LoRAs found under the roots, the sampling settings of `scepter infer`,
-a gallery, and the history of earlier images (kept on disk, so it survives restarts)."""
+"""Generate: model and LoRAs found under the roots, the sampling settings of `scepter infer`
+(txt2img, or img2img from an uploaded image and a strength), a gallery, and the history of
+earlier images (kept on disk, so it survives restarts)."""
 from __future__ import annotations
 
 from typing import Any
@@ -48,7 +49,11 @@ def build(studio: Studio, demo: Any) -> None:
         height = gr.Number(0, label='Height (0: the recipe\'s)', precision=0, minimum=0, step=8, elem_id='gen_height')
         width = gr.Number(0, label='Width', precision=0, minimum=0, step=8, elem_id='gen_width')
         batch = gr.Slider(1, 16, value=1, step=1, label='Batch', elem_id='gen_batch')
-    gr.Markdown('txt2img only: the core has no image-to-image entry point yet (forward_test takes prompts).')
+    with gr.Row():
+        init_image = gr.Image(type='filepath', sources=['upload'], label='Init image (img2img; none: txt2img)',
+                              elem_id='gen_init', height=180, scale=2)
+        strength = gr.Slider(0.05, 1.0, value=0.8, step=0.05, label='Strength (img2img: how far the image is noised)',
+                             elem_id='gen_strength', scale=3)
     run = gr.Button('Generate', variant='primary', elem_id='gen_run')
     gallery = gr.Gallery(label='Images', columns=6, height=280, elem_id='gen_gallery', format='png', preview=False,
                          object_fit='contain', fit_columns=False)
@@ -58,14 +63,16 @@ def build(studio: Studio, demo: Any) -> None:
 
     @friendly
     def generate(model_, loras_, prompt_, n_prompt_, sampler_, steps_, guidance_, rescale_, seed_, height_, width_,
-                 batch_, progress=gr.Progress()):
+                 batch_, init_, strength_, progress=gr.Progress()):
         req = Request(model=model_ or '', prompt=prompt_ or '', n_prompt=n_prompt_ or '',
                       loras=[line.strip() for line in (loras_ or '').splitlines() if line.strip()],
                       sampler=None if sampler_ in (None, RECIPE) else sampler_, steps=int(steps_ or 0) or None,
                       guide_scale=guidance_ or None,
                       guide_rescale=None if rescale_ is None or rescale_ < 0 else rescale_,
                       seed=int(-1 if seed_ is None else seed_),
-                      height=int(height_ or 0) or None, width=int(width_ or 0) or None, batch=int(batch_))
+                      height=int(height_ or 0) or None, width=int(width_ or 0) or None, batch=int(batch_),
+                      init_image=studio.generator.store_upload(init_) if init_ else None,
+                      strength=float(strength_) if init_ else None)
         progress(0, desc='loading the model')
         paths = studio.generator.generate(req, lambda done, total: progress((done, total), desc='sampling',
                                                                           unit='steps'))
@@ -73,7 +80,8 @@ def build(studio: Studio, demo: Any) -> None:
         return [str(p) for p in paths], read_parameters(paths[-1]), _history(studio)
 
     run.click(generate, [model, lora_specs, prompt, n_prompt, sampler, steps, guidance, rescale, seed, height, width,
-                         batch], [gallery, params, history], concurrency_limit=1, concurrency_id='generate')
+                         batch, init_image, strength], [gallery, params, history], concurrency_limit=1,
+              concurrency_id='generate')
 
     def add_lora(pick, specs):
         return '\n'.join([*(specs or '').splitlines(), f'{pick}:1.0']).strip() if pick else specs

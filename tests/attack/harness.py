@@ -44,6 +44,37 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: i
                           capture_output=True, text=True, timeout=timeout, input=stdin)
 
 
+# Runs several argv lists through scepter_cli.main.main in one fresh process (torch is imported
+# once, not per case); what escapes main() is printed as a traceback, which judge() counts.
+_DRIVER = """
+import contextlib, io, json, sys, traceback
+from scepter_cli.main import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except BaseException:
+            traceback.print_exc()
+            code = -1
+    results.append({'code': code, 'out': out.getvalue(), 'err': err.getvalue()})
+print(json.dumps(results))
+"""
+
+
+def cli_many(argvs: list[list[str]], cwd: Path | None = None, env: dict | None = None,
+             timeout: int = 600) -> list[subprocess.CompletedProcess]:
+    """`cli` for many cases that share one process (cases that cannot leave state behind)."""
+    import json
+    full_env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'PYTHONPATH': str(ROOT), 'COLUMNS': '300', **(env or {})}
+    proc = subprocess.run([sys.executable, '-c', _DRIVER, json.dumps(argvs)], cwd=cwd or ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    return [subprocess.CompletedProcess(a, r['code'], r['out'], r['err']) for a, r in zip(argvs, results)]
+
+
 def judge(name: str, proc: subprocess.CompletedProcess, *, names: Iterable[str] = (),
           codes: Iterable[int] = (1, 2), markers: Iterable[Path] = (),
           intact: Callable[[], bool] | None = None, error: bool = True) -> str:

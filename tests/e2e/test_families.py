@@ -40,10 +40,10 @@ def _tokenizer(pad: str | None = None):
     return CLIPTokenizer.from_pretrained(str(TOKENIZER_FILES), **({'pad_token': pad} if pad else {}))
 
 
-def _text(hidden: int, act: str, projection: int | None = None, seed: int = 0) -> torch.nn.Module:
+def _text(hidden: int, act: str, projection: int | None = None, seed: int = 0, heads: int = 2) -> torch.nn.Module:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
     config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                            num_attention_heads=2, max_position_embeddings=77, hidden_act=act,
+                            num_attention_heads=heads, max_position_embeddings=77, hidden_act=act,
                             projection_dim=projection or hidden)
     return _random((CLIPTextModelWithProjection if projection else CLIPTextModel)(config), seed)
 
@@ -129,6 +129,7 @@ def _reference(family: str, tmp_path: Path) -> tuple[Path, np.ndarray, list[str]
 def _infer(weights: Path, out: Path, args: list[str]) -> np.ndarray:
     proc = run_cli('infer', '--pretrained-model', str(weights), '--out', str(out), *args)
     assert 'initialised afresh' not in proc.stderr, proc.stderr  # no layer missing from the weights
+    assert 'no recipe; model family' in ' '.join(proc.stdout.split()), proc.stdout  # the detection, said once
     return np.asarray(Image.open(out / '00000.png').convert('RGB')).astype(float)
 
 
@@ -149,8 +150,8 @@ HEADS = {'sd15': ['SOLVER.MODEL.DIFFUSION_MODEL.NUM_HEADS=4',
                   'SOLVER.MODEL.COND_STAGE_MODEL.CONFIG.num_attention_heads=2',
                   'SOLVER.MODEL.SCALE_FACTOR=0.3'],
          'sdxl': ['SOLVER.MODEL.DIFFUSION_MODEL.NUM_HEAD_CHANNELS=16',
-                  'SOLVER.MODEL.TEXT_ENCODERS.0.CONFIG.num_attention_heads=2',
-                  'SOLVER.MODEL.TEXT_ENCODERS.1.CONFIG.num_attention_heads=2']}
+                  'SOLVER.MODEL.COND_STAGE_MODEL.EMBEDDERS.0.CONFIG.num_attention_heads=2',
+                  'SOLVER.MODEL.COND_STAGE_MODEL.EMBEDDERS.1.CONFIG.num_attention_heads=2']}
 
 
 @pytest.mark.parametrize('family', list(HEADS))

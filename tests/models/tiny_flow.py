@@ -48,3 +48,26 @@ def write_clip_dir(folder: Path, hidden: int = 24, seed: int = 4, projection: bo
     for f in TOKENIZER_FILES.iterdir():
         shutil.copy(f, folder / f.name)
     return folder
+
+
+TINY_FLUX = {'NAME': 'Flux', 'IN_CHANNELS': 16, 'HIDDEN_SIZE': 32, 'NUM_HEADS': 2, 'AXES_DIM': [4, 6, 6],
+             'VEC_IN_DIM': 24, 'CONTEXT_IN_DIM': 16, 'DEPTH': 2, 'DEPTH_SINGLE_BLOCKS': 2, 'GUIDANCE_EMBED': True}
+TINY_CODER = {'CH': 32, 'CH_MULT': [1, 2], 'NUM_RES_BLOCKS': 1, 'Z_CHANNELS': 4}
+
+
+def tiny_flux_network(root: Path, **model) -> dict:
+    """A LatentDiffusionFlux block over tiny random parts: the T5 and CLIP folders are written
+    under `root` (once)."""
+    t5, clip = root / 't5', root / 'clip'
+    if not t5.is_dir():
+        write_t5_dir(t5)
+        write_clip_dir(clip)
+    return {'NAME': 'LatentDiffusionFlux', 'DIFFUSION_MODEL': dict(TINY_FLUX),
+            'FIRST_STAGE_MODEL': {'NAME': 'AutoencoderKLFlux', 'EMBED_DIM': 4, 'ENCODER': {'NAME': 'Encoder', **TINY_CODER},
+                                  'DECODER': {'NAME': 'Decoder', **TINY_CODER}},
+            'COND_STAGE_MODEL': {'NAME': 'T5PlusClipFluxEmbedder',
+                                 'T5_MODEL': {'NAME': 'HFEmbedder', 'MODEL_PATH': str(t5), 'MAX_LENGTH': 12},
+                                 'CLIP_MODEL': {'NAME': 'HFEmbedder', 'HF_MODEL_CLS': 'CLIPTextModel',
+                                                'HF_TOKENIZER_CLS': 'CLIPTokenizer', 'OUTPUT_KEY': 'pooler_output',
+                                                'MODEL_PATH': str(clip)}},
+            **model}

@@ -28,7 +28,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         for i in range(3):
             x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(10 * rank + i))
             step({'image': x}, state)
-            trace.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+            trace.append({k: v.detach().clone() for k, v in net.named_parameters()})
         torch.save({'skipped': state.skipped_steps, 'trace': trace}, Path(out) / f'rank{rank}.pt')
     finally:
         dist.destroy_process_group()

@@ -25,14 +25,14 @@ class TinyNet(TrainModule):
         super().__init__(cfg, logger=logger)
         self.body = nn.Linear(12, self.cfg.WIDTH)
         self.head = nn.Linear(self.cfg.WIDTH, 1)
-        self.calls = 0
+        self.register_buffer('calls', torch.zeros((), dtype=torch.long))  # saved: a resume goes on counting
 
     def forward_train(self, image: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
         self.calls += 1
         x = nn.functional.avg_pool2d(image.float(), 8).flatten(1)
         pred = self.head(nn.functional.silu(self.body(x + self.cfg.NOISE * torch.randn_like(x)))).squeeze(1)
         loss = (pred - image.float().mean(dim=(1, 2, 3))).pow(2).mean()
-        if self.calls in self.cfg.NAN_CALLS:
+        if int(self.calls) in self.cfg.NAN_CALLS:
             loss = loss * float('nan')
         return {'loss': loss, 'probe_data': {'prompt': kwargs.get('prompt', [])}}
 
@@ -63,4 +63,5 @@ def train_tiny(work: Path, steps: int = 3, hooks: list[dict] | None = None, **so
 
 
 def weights(solver: Any) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in solver.unwrapped_model.state_dict().items()}
+    """The trained tensors (not the call counter)."""
+    return {k: v.detach().clone() for k, v in solver.unwrapped_model.state_dict().items() if k != 'calls'}

@@ -75,7 +75,9 @@ def test_infer_test_and_convert_take_a_lora_run_as_base_plus_adapters(lora_run, 
     # what `scepter infer` builds: the base model the run's recipe names, the run's adapters on top
     model, _ = build_model(str(work))
     assert is_tuned(model)
-    torch.testing.assert_close(denoiser_output(model), denoiser_output(trained), atol=1e-6, rtol=0)
+    # 1e-5: the trained model runs accel's training paths (where the CPU probe picks oneDNN, the
+    # attention Function), the built one its inference paths; their kernels round differently
+    torch.testing.assert_close(denoiser_output(model), denoiser_output(trained), atol=1e-5, rtol=0)
     assert (denoiser_output(model) - denoiser_output(base_model)).abs().max() > 1e-4
 
     # scepter test with the run's recipe (its TUNER blocks give way to the run's adapters)

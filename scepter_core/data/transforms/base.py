@@ -43,6 +43,10 @@ def item_randint(item: dict, high: int) -> int:
 class Transform(BaseObject):
     """Base of every registered transform."""
 
+    # True: the output follows from the input alone (no draws from the item's generator, no key
+    # dropped), so a cache may key the result on the input and these settings (bucket datasets).
+    deterministic = False
+
     def __call__(self, item: dict) -> dict:
         raise NotImplementedError(f'{type(self).__name__} does not implement __call__')
 

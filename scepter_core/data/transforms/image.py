@@ -28,6 +28,8 @@ def _check_size(transform: KeyedTransform, key: str = 'SIZE') -> tuple[int, int]
 class Resize(KeyedTransform):
     """An int SIZE scales the shorter side to SIZE (aspect kept); [h, w] resizes exactly."""
 
+    deterministic = True
+
     para_dict = {
         'SIZE': {'value': 512, **_SIZE},
         'INTERPOLATION': {'value': 'bilinear', 'choices': tuple(Fn.PIL_INTERPOLATION),
@@ -51,6 +53,8 @@ class Resize(KeyedTransform):
 @TRANSFORMS.register_class()
 class CenterCrop(KeyedTransform):
     """Crop the centre (zero padding when the image is smaller than SIZE)."""
+
+    deterministic = True
 
     para_dict = {'SIZE': {'value': 512, **_SIZE}}
 
@@ -115,6 +119,8 @@ class RandomHorizontalFlip(KeyedTransform):
 class ImageToTensor(KeyedTransform):
     """PIL image / HWC uint8 array / uint8 tensor -> float CHW tensor in [0, 1]."""
 
+    deterministic = True
+
     def apply(self, value: Any, item: dict) -> torch.Tensor:
         return Fn.to_float_tensor(value)
 
@@ -122,6 +128,8 @@ class ImageToTensor(KeyedTransform):
 @TRANSFORMS.register_class()
 class Normalize(KeyedTransform):
     """(x - MEAN) / STD per channel on a float CHW tensor."""
+
+    deterministic = True
 
     para_dict = {
         'MEAN': {'value': [0.5, 0.5, 0.5], 'type': list, 'description': 'Per-channel mean.'},

@@ -14,31 +14,20 @@ from ...errors import ScepterError
 from ...fs import FS
 from ...registry import TRANSFORMS
 from ..errors import BadSampleError
+from ..images import DEFAULT_MAX_PIXELS, decode_rgb
 from .base import BackendTransform
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with transparent pixels composited onto white (not black)."""
-    if image.mode == 'RGB':
-        return image
-    if image.mode == 'P':
-        image = image.convert('RGBA')
-    if image.mode in ('RGBA', 'LA'):
-        background = Image.new('RGB', image.size, (255, 255, 255))
-        background.paste(image.convert('RGBA'), mask=image.convert('RGBA').getchannel('A'))
-        return background
-    return image.convert('RGB')
-
-
-def read_rgb(path: str) -> Image.Image:
-    """Open and fully decode an image (so a truncated file fails here, not later)."""
+def read_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open and fully decode an image (so a truncated file or a decompression bomb fails here,
+    as a BadSampleError the dataset skips, not later)."""
     try:
         with FS.get_from(path) as local:
-            with Image.open(local) as image:
-                image.load()
-                return to_rgb(image)
-    except (OSError, SyntaxError, ValueError) as e:  # missing, unreadable, truncated, not an image
+            with open(local, 'rb') as f:
+                data = f.read()
+    except OSError as e:  # missing, unreadable
         raise BadSampleError(path, f'{type(e).__name__}: {e}') from e
+    return decode_rgb(data, path, max_pixels)
 
 
 def image_path_of(item: dict, key: str) -> str:

@@ -45,6 +45,8 @@ class Compose(Transform):
 class Identity(Transform):
     """Returns the item unchanged."""
 
+    deterministic = True
+
     def __call__(self, item: dict) -> dict:
         return item
 
@@ -74,6 +76,8 @@ class Select(Transform):
 @TRANSFORMS.register_class()
 class Rename(KeyedTransform):
     """Moves each INPUT_KEY to the matching OUTPUT_KEY; other keys pass through."""
+
+    deterministic = True
 
     def __call__(self, item: dict) -> dict:
         renamed = {dst: item[src] for src, dst in zip(self.input_keys, self.output_keys) if src in item}

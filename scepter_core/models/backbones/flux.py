@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...config import Config
 from ...errors import ConfigError
 from ...registry import BACKBONES
 from ..base import TrainModule
+from .offload import BlockOffload, run_block
 from .flux_blocks import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, rope_table, timestep_embedding
 
 
@@ -64,6 +64,8 @@ class Flux(TrainModule):
         'DEPTH': {'value': 19, 'description': 'Double-stream blocks.'},
         'DEPTH_SINGLE_BLOCKS': {'value': 38, 'description': 'Single-stream blocks.'},
         'USE_GRAD_CHECKPOINT': {'value': False, 'description': 'Recompute each block in the backward (less memory).'},
+        'OFFLOAD_BLOCKS': {'value': False, 'description': "Keep the blocks' frozen weights on the CPU, copied to the "
+                                                          'device one block at a time (backbones/offload.py).'},
         'PRETRAINED_MODEL': {'value': None, 'type': str, 'description':
                              'BFL single file (bare keys, or under model.diffusion_model.).'},
         'IGNORE_KEYS': {'value': [], 'description': 'Names to skip when loading (prefixes or regexes).'},
@@ -88,6 +90,7 @@ class Flux(TrainModule):
         self.single_blocks = nn.ModuleList(SingleStreamBlock(dim, heads, c.MLP_RATIO)
                                            for _ in range(c.DEPTH_SINGLE_BLOCKS))
         self.final_layer = LastLayer(dim, self.out_channels)
+        self.offload = BlockOffload() if c.OFFLOAD_BLOCKS else None
         if c.PRETRAINED_MODEL:
             self.load_pretrained_model(c.PRETRAINED_MODEL)
 
@@ -96,9 +99,7 @@ class Flux(TrainModule):
         load_component(self, path, ('model.diffusion_model.', 'model.'), self.cfg.IGNORE_KEYS, self.logger)
 
     def _run(self, block: nn.Module, *args: torch.Tensor) -> Any:
-        if self.cfg.USE_GRAD_CHECKPOINT and self.training and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
+        return run_block(self, block, self.cfg.USE_GRAD_CHECKPOINT, self.offload, args[0].device, *args)
 
     def vector(self, t: torch.Tensor, y: torch.Tensor, guidance: torch.Tensor | float | None) -> torch.Tensor:
         """The modulation input: embedded timestep (t = s * 1000) + pooled text [+ guidance * 1000]."""
@@ -124,6 +125,8 @@ class Flux(TrainModule):
         ids = torch.cat([torch.zeros(x.shape[0], txt.shape[1], 3, device=x.device),
                          image_ids(h // p, w // p, x.shape[0], x.device)], dim=1)
         table = rope_table(ids, list(self.cfg.AXES_DIM), float(self.cfg.THETA))
+        if self.offload is not None:
+            self.offload.prepare([*self.double_blocks, *self.single_blocks])
         for block in self.double_blocks:
             img, txt = self._run(block, img, txt, vec, table)
         tokens = torch.cat([txt, img], dim=1)

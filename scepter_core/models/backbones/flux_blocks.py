@@ -41,10 +41,15 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return out.reshape(*x.shape).type_as(x)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """SDPA over rotated q, k [B, H, L, d]; returns [B, L, H * d]."""
-    out = F.scaled_dot_product_attention(apply_rope(q, table), apply_rope(k, table), v)
-    return out.transpose(1, 2).flatten(2)
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The attention kernel of the flow blocks (their `sdpa` attribute: accel swaps in a CPU one)."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
+              kernel=sdpa) -> torch.Tensor:
+    """`kernel` attention over rotated q, k [B, H, L, d]; returns [B, L, H * d]."""
+    return kernel(apply_rope(q, table), apply_rope(k, table), v).transpose(1, 2).flatten(2)
 
 
 class MLPEmbedder(nn.Module):
@@ -124,6 +129,8 @@ def _mlp(dim: int, hidden: int) -> nn.Sequential:
 class DoubleStreamBlock(nn.Module):
     """Image and text keep their own weights and attend jointly (text tokens first)."""
 
+    sdpa = staticmethod(sdpa)
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool):
         super().__init__()
         hidden = int(dim * mlp_ratio)
@@ -143,7 +150,7 @@ class DoubleStreamBlock(nn.Module):
             qkvs[side] = getattr(self, f'{side}_attn').qkv_heads(modulate(getattr(self, f'{side}_norm1')(x),
                                                                           shift, scale))
         q, k, v = (torch.cat([qkvs['txt'][i], qkvs['img'][i]], dim=2) for i in range(3))
-        joint = attention(q, k, v, table)
+        joint = attention(q, k, v, table, self.sdpa)
         outs = {'txt': joint[:, :txt.shape[1]], 'img': joint[:, txt.shape[1]:]}
         result = []
         for side, x in (('img', img), ('txt', txt)):
@@ -156,6 +163,8 @@ class DoubleStreamBlock(nn.Module):
 
 class SingleStreamBlock(nn.Module):
     """One weight set over the joined text + image tokens: attention and MLP in parallel."""
+
+    sdpa = staticmethod(sdpa)
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float):
         super().__init__()
@@ -172,7 +181,7 @@ class SingleStreamBlock(nn.Module):
         qkv, mlp = self.linear1(modulate(self.pre_norm(x), shift, scale)).split([3 * self.dim, self.mlp_hidden], -1)
         q, k, v = split_heads(qkv, self.heads)
         q, k = self.norm(q, k, v)
-        return x + gate * self.linear2(torch.cat([attention(q, k, v, table), self.mlp_act(mlp)], dim=-1))
+        return x + gate * self.linear2(torch.cat([attention(q, k, v, table, self.sdpa), self.mlp_act(mlp)], dim=-1))
 
 
 class LastLayer(nn.Module):

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...config import Config
 from ...errors import ConfigError
@@ -20,6 +19,7 @@ from ...registry import BACKBONES
 from ..base import TrainModule
 from .flux_blocks import LastLayer, MLPEmbedder, timestep_embedding
 from .mmdit_blocks import JointBlock
+from .offload import BlockOffload, run_block
 
 
 def sincos_pos_embed(dim: int, grid: int, base: int) -> torch.Tensor:
@@ -80,6 +80,8 @@ class MMDiT(TrainModule):
         'POS_EMBED_SCALING_FACTOR': {'value': None, 'type': float,
                                      'description': "Accepted for Scepter's recipes (unused)."},
         'USE_CHECKPOINT': {'value': False, 'description': 'Recompute each block in the backward (less memory).'},
+        'OFFLOAD_BLOCKS': {'value': False, 'description': "Keep the blocks' frozen weights on the CPU, copied to the "
+                                                          'device one block at a time (backbones/offload.py).'},
         'PRETRAINED_MODEL': {'value': None, 'type': str,
                              'description': 'Stability single file (bare keys or under model.diffusion_model.).'},
         'IGNORE_KEYS': {'value': [], 'type': (list, str), 'description': 'Names to skip when loading.'},
@@ -104,6 +106,7 @@ class MMDiT(TrainModule):
             JointBlock(dim, heads, c.MLP_RATIO, i == c.DEPTH - 1, c.QK_NORM == 'rms', i in attn2)
             for i in range(c.DEPTH))
         self.final_layer = LastLayer(dim, c.PATCH_SIZE ** 2 * c.OUT_CHANNELS)
+        self.offload = BlockOffload() if c.OFFLOAD_BLOCKS else None
         if c.PRETRAINED_MODEL:
             from ...checkpoint import load_component
             ignore = [c.IGNORE_KEYS] if isinstance(c.IGNORE_KEYS, str) else c.IGNORE_KEYS
@@ -128,10 +131,9 @@ class MMDiT(TrainModule):
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
         c = self.t_embedder(timestep_embedding(t).to(dtype)) + self.y_embedder(cond['y'].to(dtype))
         context = self.context_embedder(cond.get('crossattn', cond.get('context')).to(dtype))
+        if self.offload is not None:
+            self.offload.prepare(list(self.joint_blocks))
         for block in self.joint_blocks:
-            if self.cfg.USE_CHECKPOINT and self.training and torch.is_grad_enabled():
-                context, tokens = checkpoint(block, context, tokens, c, use_reentrant=False)
-            else:
-                context, tokens = block(context, tokens, c)
+            context, tokens = run_block(self, block, self.cfg.USE_CHECKPOINT, self.offload, x.device, context, tokens, c)
         out = self.final_layer(tokens, c).view(x.shape[0], h // p, w // p, p, p, -1)
         return torch.einsum('bhwpqc->bchpwq', out).reshape(x.shape[0], -1, h, w).to(x.dtype)

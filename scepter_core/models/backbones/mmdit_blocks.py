@@ -4,10 +4,9 @@ qk-norm (`ln_q`, `ln_k`) and MMDiT-X's extra image-only attention (`attn2`, SD3.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .flux_blocks import modulate
+from .flux_blocks import modulate, sdpa
 
 
 class RMSNorm(nn.Module):
@@ -42,8 +41,8 @@ class SelfAttention(nn.Module):
         return q, k, v
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel=sdpa) -> torch.Tensor:
+    return kernel(q, k, v).transpose(1, 2).flatten(2)
 
 
 class Mlp(nn.Module):
@@ -58,6 +57,8 @@ class Mlp(nn.Module):
 class DismantledBlock(nn.Module):
     """One stream's half of a joint block: modulated pre-attention, then (unless pre_only,
     the last context block) the gated attention output and MLP."""
+
+    sdpa = staticmethod(sdpa)
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, pre_only: bool = False, qk_norm: bool = False,
                  self_attn2: bool = False):
@@ -78,7 +79,8 @@ class DismantledBlock(nn.Module):
         mods = list(self.adaLN_modulation(c)[:, None].chunk(self.adaLN_modulation[1].out_features // c.shape[-1], -1))
         normed = self.norm1(x)
         qkv = self.attn.qkv_heads(modulate(normed, mods[0], mods[1]))
-        extra = attend(*self.attn2.qkv_heads(modulate(normed, mods[6], mods[7]))) if self.self_attn2 else None
+        extra = attend(*self.attn2.qkv_heads(modulate(normed, mods[6], mods[7])), self.sdpa) if self.self_attn2 \
+            else None
         return qkv, mods, extra
 
     def post_attention(self, x: torch.Tensor, attn: torch.Tensor, mods: list, extra: torch.Tensor | None):
@@ -89,6 +91,8 @@ class DismantledBlock(nn.Module):
 
 
 class JointBlock(nn.Module):
+    sdpa = staticmethod(sdpa)
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float, pre_only: bool, qk_norm: bool, self_attn2: bool):
         super().__init__()
         self.context_block = DismantledBlock(dim, heads, mlp_ratio, pre_only, qk_norm)
@@ -97,7 +101,7 @@ class JointBlock(nn.Module):
     def forward(self, context: torch.Tensor, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c_qkv, c_mods, _ = self.context_block.pre_attention(context, c)
         x_qkv, x_mods, extra = self.x_block.pre_attention(x, c)
-        joint = attend(*(torch.cat([a, b], dim=2) for a, b in zip(c_qkv, x_qkv)))
+        joint = attend(*(torch.cat([a, b], dim=2) for a, b in zip(c_qkv, x_qkv)), kernel=self.sdpa)
         n = context.shape[1]
         x = self.x_block.post_attention(x, joint[:, n:], x_mods, extra)
         if not self.context_block.pre_only:

@@ -138,6 +138,8 @@ class T5PlusClipFluxEmbedder(BaseEmbedder):
     """FLUX's conditions: T5 token states ('crossattn' [B, L, 4096]) and CLIP-L's pooled
     output ('y' [B, 768])."""
 
+    output_fields = ('crossattn', 'y')  # what encode returns (the embedding cache stores each)
+
     para_dict = {
         'T5_MODEL': {'value': {'NAME': 'HFEmbedder', 'MAX_LENGTH': 512}, 'registry': 'EMBEDDERS',
                      'description': 'The T5 encoder block.'},

@@ -43,6 +43,9 @@ class OpenCLIPTextEmbedder(BaseEmbedder):
         'CONFIG': {'value': {}, 'type': dict,
                    'description': "CLIPTextConfig fields over ARCH's text config (the full tower), "
                                   'e.g. a tiny one for tests.'},
+        'TOKENIZER_PATH': {'value': None, 'type': str,
+                           'description': "Tokenizer directory (a diffusers 'tokenizer_2' folder); null: the "
+                                          'packaged CLIP vocabulary. Rows are padded with 0 either way.'},
         'MAX_LENGTH': {'value': 77, 'description': 'Tokens per prompt.'},
         'LAYER': {'value': 'last', 'choices': tuple(LAYER_INDEX), 'description': 'Which block output to return.'},
     }
@@ -66,7 +69,8 @@ class OpenCLIPTextEmbedder(BaseEmbedder):
         if self.text_config.max_position_embeddings < self.max_length:
             raise ConfigError(f"'{self.where}.MAX_LENGTH': {self.max_length} exceeds the model's "
                               f'{self.text_config.max_position_embeddings} positions')
-        self.tokenizer = OpenClipTokenizer({'LENGTH': self.max_length}, logger=self.logger)
+        self.tokenizer = OpenClipTokenizer({'PRETRAINED_PATH': c.TOKENIZER_PATH, 'LENGTH': self.max_length},
+                                           logger=self.logger)
         if self.freeze_flag:
             self.freeze()
 

@@ -88,6 +88,8 @@ class T5EmbedderHF(BaseEmbedder):
 class SD3TextEmbedder(BaseEmbedder):
     """CLIP-L + CLIP-bigG + T5 -> {'crossattn': [B, 77 + L, D_t5], 'y': [B, 768 + 1280]}."""
 
+    output_fields = ('crossattn', 'y')  # what encode returns (the embedding cache stores each)
+
     para_dict = {
         'CLIP_L': {'value': {'NAME': 'FrozenCLIPEmbedder2'}, 'registry': 'EMBEDDERS', 'description': 'CLIP-L block.'},
         'CLIP_G': {'value': {'NAME': 'FrozenCLIPEmbedder2'}, 'registry': 'EMBEDDERS', 'description': 'CLIP-bigG block.'},

@@ -11,8 +11,11 @@ With SOLVER.CACHE_DIR the rows also go to disk (DiskStore: safetensors shards), 
 and processes find them. The key is the same: the encoder's weights, the input's shape and dtype,
 and the bytes of the pixels the encoder sees, which follow from the file's bytes and every
 transform/bucket setting; so changing the VAE, the resolution or one file recomputes just what
-changed. Text rows are keyed by the prompt itself: caption dropout trains on the empty prompt's
-(cached) embedding, not on a dropped caption's."""
+changed. Batches of the bucket datasets name their pixels before decoding them (`latent_key`:
+the file's digest, its bucket placement, flip and the transform settings); their rows are kept
+under that name, and the datasets ask the disk (`DiskProbe`) so that a batch whose latents are
+all there is never read or decoded. Text rows are keyed by the prompt itself: caption dropout
+trains on the empty prompt's (cached) embedding, not on a dropped caption's."""
 from __future__ import annotations
 
 import atexit
@@ -27,6 +30,7 @@ from typing import Any, Callable, Hashable
 import torch
 from torch import nn
 
+from ...errors import ScepterError
 from ..autoencoders.distributions import DiagonalGaussian
 
 
@@ -57,6 +61,33 @@ def key_name(item: Hashable) -> str:
     return hashlib.blake2b(repr(item).encode(), digest_size=16).hexdigest()
 
 
+def scope_dir(root: Path, scope: Hashable) -> Path:
+    return Path(root) / hashlib.blake2b(repr(scope).encode(), digest_size=12).hexdigest()
+
+
+class DiskProbe:
+    """`probe(items)`: whether every row of `items` is on disk in `scope` (shards written since
+    the last call are looked at when one is not known). Small and picklable: the loader's
+    workers ask it before they decode a batch."""
+
+    def __init__(self, root: str | Path, scope: Hashable):
+        self.folder = scope_dir(Path(root), scope)
+        self.names: set[str] = set()
+        self.shards: set[str] = set()
+
+    def __call__(self, items: list[Hashable]) -> bool:
+        names = [key_name(item) for item in items]
+        if all(n in self.names for n in names):
+            return True
+        from safetensors import safe_open
+        for shard in sorted(self.folder.glob('*.safetensors')):
+            if shard.name not in self.shards:
+                with safe_open(str(shard), 'pt') as f:
+                    self.names.update(f.keys())
+                self.shards.add(shard.name)
+        return all(n in self.names for n in names)
+
+
 class DiskStore:
     """Rows in safetensors shards under `root/<scope digest>/`. Each process writes shards of its
     own (a temporary name, then a rename), so concurrent runs never see half a file and never
@@ -77,7 +108,15 @@ class DiskStore:
         multiprocessing.util.Finalize(self, self.flush, exitpriority=10)
 
     def scope_dir(self, scope: Hashable) -> Path:
-        return self.root / hashlib.blake2b(repr(scope).encode(), digest_size=12).hexdigest()
+        return scope_dir(self.root, scope)
+
+    def probe(self, scope: Hashable) -> 'DiskProbe':
+        return DiskProbe(self.root, scope)
+
+    def close(self) -> None:
+        """Write what is pending (the end of a run); the exit handlers are then not needed."""
+        self.flush()
+        atexit.unregister(self.flush)
 
     def _index(self, scope: Hashable) -> dict[str, Path]:
         if scope not in self.index:
@@ -141,6 +180,7 @@ class LatentCache:
         self.hits = self.misses = 0
         self._digests: dict[int, str] = {}
         self._layouts: dict[Hashable, torch.memory_format] = {}
+        self._text_fields: dict[Hashable, tuple[str, ...] | None] = {}
         self._full = False
 
     def model_digest(self, module: nn.Module) -> str:
@@ -197,17 +237,31 @@ class LatentCache:
         self.used_bytes += size
 
     # ---- the two encoders --------------------------------------------------------------------
-    def encode_images(self, autoencoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """`autoencoder.encode(images)` with the posterior moments of each image memoised."""
+    def named_scope(self, autoencoder: nn.Module, dtype: torch.dtype) -> tuple:
+        """The scope of latents named by the datasets' `latent_key` (the key holds the size)."""
+        return ('latent-named', self.model_digest(autoencoder), dtype)
+
+    def encode_images(self, autoencoder: nn.Module, images: torch.Tensor | None,
+                      keys: list[str] | None = None) -> torch.Tensor:
+        """`autoencoder.encode(images)` with the posterior moments of each image memoised, under
+        `keys` (the batch's latent_key) when given, else under a digest of each image's pixels.
+        `images` may be None when every key is cached (the dataset read no image)."""
         if not hasattr(autoencoder, 'encode_posterior'):
             return autoencoder.encode(images)
-        scope = ('latent', self.model_digest(autoencoder), tuple(images.shape[1:]), compute_dtype(autoencoder))
 
         def moments(indices: list[int]) -> torch.Tensor:
+            if images is None:
+                raise ScepterError(f'CACHE_DIR: {len(indices)} latents of this batch are not in the cache any more, '
+                                   f'and its images were not read (was the cache directory changed during the run?)')
             posterior = autoencoder.encode_posterior(images[indices])
             return torch.cat([posterior.mean, posterior.logvar], dim=1)
-        on_cpu = images.detach().cpu()  # one transfer for the batch, not one per image
-        posterior = DiagonalGaussian(self.lookup(scope, [tensor_digest(x) for x in on_cpu], moments, images.device))
+        if keys is not None:
+            scope, items = self.named_scope(autoencoder, compute_dtype(autoencoder)), list(keys)
+        else:
+            scope = ('latent', self.model_digest(autoencoder), tuple(images.shape[1:]), compute_dtype(autoencoder))
+            items = [tensor_digest(x) for x in images.detach().cpu()]  # one transfer for the batch
+        device = images.device if images is not None else next(autoencoder.parameters()).device
+        posterior = DiagonalGaussian(self.lookup(scope, items, moments, device))
         return posterior.mode() if autoencoder.cfg.USE_MODE else posterior.sample()
 
     def encode_texts(self, embedder: nn.Module | None, prompts: list[str],
@@ -217,7 +271,22 @@ class LatentCache:
             return encode(prompts)  # a text encoder that trains changes at every step
         scope = ('text', self.model_digest(embedder), compute_dtype(embedder))
         device = next(embedder.parameters()).device
-        return self.lookup(scope, list(prompts), lambda idx: encode([prompts[i] for i in idx]), device)
+        runs: dict[tuple[int, ...], Any] = {}
+
+        def run(idx: list[int]) -> Any:  # one encoder pass per distinct set of missing prompts
+            if tuple(idx) not in runs:
+                runs[tuple(idx)] = encode([prompts[i] for i in idx])
+            return runs[tuple(idx)]
+        # A dict of conditions (the flow embedders declare its keys, so a run that finds every
+        # row on disk runs no encoder) or one tensor.
+        fields = getattr(embedder, 'output_fields', None)
+        if fields is None and scope not in self._text_fields:
+            out = run(list(range(len(prompts))))
+            self._text_fields[scope] = tuple(out) if isinstance(out, dict) else None
+        fields = fields or self._text_fields[scope]
+        if fields is None:
+            return self.lookup(scope, list(prompts), run, device)
+        return {f: self.lookup(scope + (f,), list(prompts), lambda idx, f=f: run(idx)[f], device) for f in fields}
 
 
 def enable_latent_cache(model: nn.Module, max_mb: float, logger: logging.Logger,

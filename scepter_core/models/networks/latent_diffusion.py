@@ -15,6 +15,7 @@ import torch
 from ...checkpoint import LoadReport, load_into, matches_any
 from ...config import Config
 from ...env import we
+from ...errors import ScepterError
 from ...registry import BACKBONES, DIFFUSIONS, EMBEDDERS, LOSSES, MODELS, TOKENIZERS
 from ..base import TrainModule, weights_constant
 
@@ -98,6 +99,14 @@ class LatentDiffusion(TrainModule):
         return diffusion
 
     @property
+    def pixel_multiple(self) -> int:
+        """What every training image side must be a multiple of: the VAE's factor times the
+        backbone's downsampling (a UNet's levels, a transformer's patch)."""
+        c = getattr(self.model, 'cfg', None) or self.cfg.DIFFUSION_MODEL  # the built backbone's, defaults filled
+        levels = len(c.get('CHANNEL_MULT') or [1]) - 1
+        return int(self.size_factor) * 2 ** levels * int(c.get('PATCH_SIZE') or 1)
+
+    @property
     def latent_channels(self) -> int:
         """Channels of the noise a sample starts from."""
         return self.cfg.DIFFUSION_MODEL.IN_CHANNELS
@@ -130,13 +139,17 @@ class LatentDiffusion(TrainModule):
                          assign=True)
 
     # ---- encoders ------------------------------------------------------------------
-    def encode_first_stage(self, image: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def encode_first_stage(self, image: torch.Tensor, generator: torch.Generator | None = None,
+                           **kwargs: Any) -> torch.Tensor:
+        """Diffusion latents of images in [-1, 1]; the posterior sample draws from `generator`."""
         trainable = any(p.requires_grad for p in self.first_stage_model.parameters())
         with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
             if self.latent_cache is not None and not trainable:  # SOLVER.CACHE_LATENTS
-                z = self.latent_cache.encode_images(self.first_stage_model, image)
+                z = self.latent_cache.encode_images(self.first_stage_model, image, kwargs.get('latent_key'))
+            elif image is None:
+                raise ScepterError("the batch has no 'image' (its latents come from a cache: set SOLVER.CACHE_LATENTS)")
             else:
-                z = self.first_stage_model.encode(image)
+                z = self.first_stage_model.encode(image, generator=generator)
         if float(self.scale_factor) == 0.0:  # SCALE_FACTOR null: unit-variance latents, fixed once
             std = z.detach().float().std()
             if we.is_distributed:
@@ -190,6 +203,17 @@ class LatentDiffusion(TrainModule):
             cond = {('y' if k == 'vector' else k): v for k, v in cond.items()}
         return {'cond': cond}
 
+    def init_latents(self, init_image: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """img2img: latents of init images [N, 3, H, W] in [0, 1] (N = 1 or `batch`). The posterior
+        is sampled from the run's generator before its noise is drawn, as diffusers' img2img
+        pipelines do, so the same seed gives the same image."""
+        image = init_image if init_image.dim() == 4 else init_image[None]
+        if image.shape[0] not in (1, batch):
+            raise ValueError(f'{image.shape[0]} init images for {batch} prompts (give 1 or {batch})')
+        vae = next(self.first_stage_model.parameters())
+        z = self.encode_first_stage(image.to(vae.device, vae.dtype) * 2.0 - 1.0, generator=generator)
+        return z.expand(batch, *z.shape[1:]) if z.shape[0] != batch else z
+
     def noise_sample(self, batch: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
         c = self.latent_channels
         dev = next(self.model.parameters()).device
@@ -203,7 +227,8 @@ class LatentDiffusion(TrainModule):
         context = {}
         if prompt and self.cond_stage_model is not None:
             prompt = [self.train_n_prompt if random.random() < self.p_zero else p for p in prompt]
-            context = self.condition(prompt, kwargs, tuple(image.shape[-2:]), train=True)
+            size = image.shape[-2:] if image is not None else [d * self.size_factor for d in x_start.shape[-2:]]
+            context = self.condition(prompt, kwargs, tuple(size), train=True)
         loss = self.diffusion.loss(x0=x_start, t=t, model=self.model, model_kwargs=self.model_inputs(context),
                                    noise=noise, loss_fn=self.loss)
         return {'loss': loss.mean(), 'probe_data': {'prompt': prompt}}
@@ -221,7 +246,16 @@ class LatentDiffusion(TrainModule):
                      sampler: str = 'ddim', sample_steps: int = 50, seed: int = 2023,
                      guide_scale: float = 7.5, guide_rescale: float = 0.5, discretization: str = 'trailing',
                      image_size: list[int] | int | None = None, use_ema: bool | None = None,
-                     show_progress: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+                     show_progress: bool = False, init_image: torch.Tensor | None = None, strength: float = 0.8,
+                     init_latent: torch.Tensor | None = None, denoising_start: float | None = None,
+                     denoising_end: float | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+        """Images (dicts with 'prompt', 'n_prompt', 'image' [3, H, W] in [0, 1]) for `prompt`.
+
+        img2img: `init_image` [N, 3, H, W] in [0, 1] (its size is the output's) is encoded and
+        noised to the first of int(steps * strength) steps. SDXL base -> refiner, as diffusers:
+        `denoising_end` stops at that fraction of the training timesteps and returns 'latent'
+        (the model's x_t there) instead of 'image'; `init_latent` with `denoising_start` goes on
+        from such a latent."""
         if isinstance(prompt, str):
             prompt = [prompt]
         if not prompt:
@@ -235,15 +269,24 @@ class LatentDiffusion(TrainModule):
         dev = next(self.model.parameters()).device
         g = torch.Generator(device=dev).manual_seed(seed)
         h, w = (image_size, image_size) if isinstance(image_size, int) else (image_size or self.cfg.IMAGE_SIZE)
+        if init_image is not None or init_latent is not None:  # img2img: the output has the input's size
+            h, w = init_image.shape[-2:] if init_image is not None else \
+                (d * self.size_factor for d in init_latent.shape[-2:])
         inputs = {k: kwargs.pop(k) for k in self.condition_keys() if k in kwargs}
         model_kwargs, guide_scale = self.guidance_inputs(prompt, n_prompt, inputs, (h, w), guide_scale)
+        x = self.init_latents(init_image, len(prompt), g) if init_image is not None else None
+        if init_latent is not None:
+            x = init_latent.to(dev).expand(len(prompt), *init_latent.shape[-3:])
         noise = self.noise_sample(len(prompt), h // self.size_factor, w // self.size_factor, g)
         use_ema = self.model_ema is not None if use_ema is None else use_ema
         net = self.model_ema if use_ema and self.model_ema is not None else self.model
         samples = self.diffusion.sample(solver=sampler, noise=noise, model=net, model_kwargs=model_kwargs,
                                         steps=sample_steps, guide_scale=guide_scale, guide_rescale=guide_rescale,
                                         discretization=discretization, show_progress=show_progress, seed=seed,
-                                        **kwargs)
+                                        x=x, denoising_strength=strength if x is not None else 1.0,
+                                        denoising_start=denoising_start, denoising_end=denoising_end, **kwargs)
+        if denoising_end is not None:  # a first pass: the refiner goes on from these latents
+            return [{'prompt': p, 'n_prompt': n, 'latent': z} for p, n, z in zip(prompt, n_prompt, samples)]
         x = self.decode_first_stage(samples).float()
         x = torch.clamp((x + 1.0) / 2.0, 0.0, 1.0)
         return [{'prompt': p, 'n_prompt': n, 'image': img} for p, n, img in zip(prompt, n_prompt, x)]

@@ -3,11 +3,12 @@ changes (a GeneralConditioner over both text encoders and the size embeddings); 
 sampling are LatentDiffusion's. Conventions as diffusers' StableDiffusionXLPipeline: penultimate
 states of both encoders (2048), pooled from the second, add_time_ids from each sample's
 original size / crop / target size, and zeros as the negative condition of an empty negative
-prompt (force_zeros_for_empty_prompt)."""
+prompt (force_zeros_for_empty_prompt); the VAE in float32."""
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -32,6 +33,8 @@ class LatentDiffusionXL(LatentDiffusion):
                       'description': "Unused: each of the conditioner's text embedders tokenizes for itself."},
         'FORCE_ZEROS_FOR_EMPTY_PROMPT': {'value': True, 'description': 'An empty negative prompt conditions on '
                                                                        'zeros (text parts), as SDXL was trained.'},
+        'FIRST_STAGE_FP32': {'value': True, 'description': 'Encode and decode with the VAE in float32 (outside '
+                                                           "autocast): SDXL's VAE overflows in float16."},
         'AESTHETIC_SCORE': {'value': 6.0, 'description': "The refiner's 'aesthetic_score' when a batch has none."},
         'NEGATIVE_AESTHETIC_SCORE': {'value': 2.5, 'description': "The refiner's score for the negative condition."},
         'LOAD_REFINER': {'value': False, 'description': 'Build REFINER_MODEL for a second, refining pass.'},
@@ -43,10 +46,30 @@ class LatentDiffusionXL(LatentDiffusion):
         super().__init__(cfg, logger=logger)
         if self.cfg.LOAD_REFINER:
             raise ConfigError(f"'{self.cfg.path or 'LatentDiffusionXL'}.LOAD_REFINER': the refining pass is not "
-                              f'implemented yet; set it false (run the refiner as its own model)')
+                              f'implemented yet; set it false and run the refiner as its own model '
+                              f'(scepter infer --refiner)')
         if not hasattr(self.cond_stage_model, 'input_keys') or not hasattr(self.cond_stage_model, 'embedders'):
             raise ConfigError(f"'{self.cfg.path or 'LatentDiffusionXL'}.COND_STAGE_MODEL': expected a "
                               f'GeneralConditioner, got {type(self.cond_stage_model).__name__}')
+
+    @contextlib.contextmanager
+    def _first_stage_precision(self, device: torch.device) -> Iterator[None]:
+        if not self.cfg.FIRST_STAGE_FP32:
+            yield
+            return
+        vae = self.first_stage_model
+        if next(vae.parameters()).dtype != torch.float32:  # cast with the rest (inference in half precision)
+            vae.float()
+        with torch.autocast(device.type, enabled=False):
+            yield
+
+    def encode_first_stage(self, image: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        with self._first_stage_precision(image.device):
+            return super().encode_first_stage(image.float() if self.cfg.FIRST_STAGE_FP32 else image, **kwargs)
+
+    def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
+        with self._first_stage_precision(z.device):
+            return super().decode_first_stage(z.float() if self.cfg.FIRST_STAGE_FP32 else z)
 
     def condition_keys(self) -> tuple[str, ...]:
         return tuple(k for k in self.cond_stage_model.input_keys if k != 'prompt')
