@@ -77,6 +77,15 @@ def time_interleaved(runs: dict[str, Callable[[], Any]], steps: int, warmup: int
                 'cpu_s': statistics.median(cpu[k]), 'steps': steps} for k in runs}
 
 
+def optimizer_step(loss: Callable[[], Any], opt: Any) -> Callable[[], None]:
+    """One training step (backward of `loss()`, step, clear) as the GPU benches time it."""
+    def step() -> None:
+        loss().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
 def ratio(theirs: float, ours: float) -> float:
     return theirs / ours if ours > 0 else float('nan')
 

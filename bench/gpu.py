@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from common import RESULTS, bf16_sampler
+from common import RESULTS, bf16_sampler, optimizer_step
 
 ISSUE_TFLOP_PER_IMAGE = 0.8     # the issue's count for one SD1.5 UNet forward at 64x64 latents
 DATASHEET_BF16_TFLOPS = 989.4   # H100 / H200 SXM dense bf16
@@ -205,10 +205,7 @@ def train_rows(run: Run, side: str, unet: torch.nn.Module, block: Any, layout: s
                 out = unet(x, t, encoder_hidden_states=ctx).sample if side == 'diffusers' else unet(x, t, cond=ctx)
             return torch.nn.functional.mse_loss(out.float(), noise)
 
-        def step() -> None:
-            forward().backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        step = optimizer_step(forward, opt)
         try:
             with torch.no_grad():
                 loss0 = float(forward())

@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable
 
 import torch
-from common import bf16_sampler
+from common import bf16_sampler, optimizer_step
 
 TINY = {'MODEL_CHANNELS': 32, 'CHANNEL_MULT': [1, 2], 'ATTENTION_RESOLUTIONS': [2], 'TRANSFORMER_DEPTH': [0, 2],
         'NUM_HEADS_CHANNELS': 16, 'CONTEXT_DIM': 64, 'ADM_IN_CHANNELS': 32 + 6 * 256}
@@ -85,10 +85,7 @@ def train(run: Any, time_steps: Callable, count_tflop: Callable, datasheet_tflop
                         out = unet(x, t, cond={'crossattn': ctx, 'y': torch.cat([pooled, sizes(ids)], 1)})
                 return torch.nn.functional.mse_loss(out.float(), noise)
 
-            def step() -> None:
-                forward().backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            step = optimizer_step(forward, opt)
             try:
                 tflop = count_tflop(lambda: forward().backward()) / batch
                 opt.zero_grad(set_to_none=True)

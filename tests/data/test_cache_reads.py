@@ -10,7 +10,7 @@ import pytest
 import torch
 from folder_files import make_folder
 from models.tiny_sd import randomize
-from test_disk_cache import SHAPES, frozen_text_model, losses, recipe
+from test_disk_cache import SHAPES, frozen_text_model, losses, model_and_images, recipe
 
 import scepter_core.data.bucket_dataset as bucket_dataset
 import scepter_core.data.sources as sources
@@ -84,10 +84,7 @@ def test_flip_and_crop_are_in_the_key(tmp_path):
 
 
 def test_named_latents_of_another_vae_miss(tmp_path):
-    torch.manual_seed(0)
-    model = MODELS.build(frozen_text_model())
-    randomize(model, seed=1, std=0.05)
-    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    model, x = model_and_images()
     keys = ['a', 'b', 'c']
     cache = LatentCache(disk=DiskStore(tmp_path))
     with torch.no_grad():

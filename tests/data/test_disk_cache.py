@@ -103,11 +103,16 @@ def test_fill_rebuilds_only_what_changed(tmp_path):
     assert other_res['computed'] == differ and other_res['found'] == images - differ + prompts
 
 
-def test_another_vae_recomputes_latents_only(tmp_path):
+def model_and_images() -> tuple:
+    """A small frozen-text model with random weights and three images in [-1, 1]."""
     torch.manual_seed(0)
     model = MODELS.build(frozen_text_model())
     randomize(model, seed=1, std=0.05)
-    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return model, torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def test_another_vae_recomputes_latents_only(tmp_path):
+    model, x = model_and_images()
     cache = LatentCache(disk=DiskStore(tmp_path))
     model.latent_cache = cache
     with torch.no_grad():
