@@ -84,15 +84,13 @@ def build_model(pretrained_model: str | None, cfg_path: str | None = None, overr
     its adapters); returns (model, recipe). `blocks` replace the recipe's model blocks.
     `imports` (--import) always run; the recipe's IMPORTS only with `trust_imports`: the
     config.yaml beside a checkpoint is anyone's file."""
-    path = Path(cfg_path) if cfg_path else find_config(pretrained_model)
-    if path is None:  # weights without a recipe: the family's, read off a diffusers folder's configs
-        from .families import recipe_for
-        cfg, path = recipe_for(pretrained_model), Path(pretrained_model)
-        (logger or logging.getLogger('scepter')).info(
-            f"{pretrained_model}: no recipe given or beside it; family {cfg.get('FAMILY') or 'sd15'} detected, "
-            f"recipe read off its {'configs' if path.is_dir() else 'keys and shapes'}")
-    else:
+    if cfg_path or not pretrained_model:
+        path = Path(cfg_path) if cfg_path else find_config(pretrained_model)
         cfg = Config.load(path)
+    else:  # the recipe beside the checkpoint, else the family's, read off the weights
+        from .no_recipe import weights_recipe
+        cfg, path, note = weights_recipe(pretrained_model)
+        (logger or logging.getLogger('scepter')).info(note)
     apply_overrides(cfg, overrides)
     import_user_code(list(imports), label='--import')
     items = recipe_imports(cfg)
