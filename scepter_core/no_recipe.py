@@ -31,8 +31,10 @@ def given_test_data(solver: Config, prompts: str | None = None, data: str | None
     DATA_DIR path (image folder with captions, metadata.jsonl, parquet, shards, CSV/TXT list)
     whose captions are the prompts and whose images, at the sampling size, are the metrics'
     references. Sizes come from the recipe's SAMPLE_ARGS.IMAGE_SIZE (else the model's)."""
-    if bool(prompts) == bool(data):
-        raise ConfigError('scepter test: give --prompts FILE or --data PATH (one of them: each is the whole test data)')
+    if prompts and data:
+        raise ConfigError('scepter test: give --prompts FILE or --data PATH, not both (each is the whole test data)')
+    if not prompts and not data:
+        raise ConfigError("'SOLVER.TEST_DATA': the recipe has none; give --prompts FILE or --data PATH")
     size = (solver.get('SAMPLE_ARGS') or {}).get('IMAGE_SIZE') or (solver.get('MODEL') or {}).get('IMAGE_SIZE') or 512
     size = [size, size] if isinstance(size, int) else [int(v) for v in size]
     if prompts:

@@ -82,6 +82,6 @@ def test_test_says_what_to_give(tmp_path: Path, folder: Path):
     prompts.write_text(PROMPTS[0])
     proc = run_cli('test', '--pretrained-model', str(folder), '--prompts', str(prompts), '--data', str(tmp_path),
                    check=False)
-    assert proc.returncode == 2 and 'one of them' in _error_line(proc)
+    assert proc.returncode == 2 and 'not both' in _error_line(proc)
     proc = run_cli('test', '--pretrained-model', str(folder), '--prompts', str(tmp_path / 'none.txt'), check=False)
     assert proc.returncode == 2 and 'none.txt' in _error_line(proc)
