@@ -89,8 +89,9 @@ def test(cfg: Optional[str] = typer.Option(None, '--cfg', '-c', help='Recipe fil
          prompts: Optional[str] = typer.Option(None, '--prompts', help='Text file, one prompt a line: the test data '
                                                                        '(instead of TEST_DATA).'),
          data: Optional[str] = typer.Option(None, '--data', help='Images with captions (folder, metadata.jsonl, '
-                                                                 'parquet, .tar shards, CSV/TXT list): the test data, '
-                                                                 "captions as prompts, images as the metrics' references."),
+                                                                 'parquet, .tar shards, CSV/TXT list): the test '
+                                                                 'data, captions as prompts, images as the '
+                                                                 "metrics' references."),
          overrides: Optional[list[str]] = SetOpt,
          work_dir: Optional[str] = typer.Option(None, '--work-dir', help='Override SOLVER.WORK_DIR.'),
          imports: Optional[list[str]] = ImportOpt) -> None:

@@ -19,7 +19,7 @@ from scepter_core.families import folder_recipe
 
 from .conftest import run_cli, write_recipe
 from .sd_fixtures import sdxl_transforms
-from .test_families import _scheduler, _text, _tokenizer, _unet, _vae
+from .test_families import _scheduler, _text, _tokenizer, _unet, _vae, saved_pipeline
 
 PROMPT, SEED, STEPS, GUIDANCE, SIZE = 'a red circle on a white background', 7, 3, 5.0, 16
 TOL = 1.0  # 1/255: our PNG is rounded to 8 bits, diffusers' float image is not
@@ -65,10 +65,7 @@ def _infer(weights: Path, out: Path, *extra: str) -> np.ndarray:
 
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('sdxl') / 'diffusers'
-    sdxl64_pipeline().save_pretrained(str(path))
-    return path
+    return saved_pipeline(sdxl64_pipeline, tmp_path_factory.mktemp('sdxl'))
 
 
 def test_sgm_file_converts_to_a_diffusers_folder_with_the_same_pixels(folder: Path, tmp_path: Path):

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from .conftest import run_cli
 from .test_bad_inputs import _error_line
-from .test_families import sd15_pipeline
+from .test_families import saved_pipeline, sd15_pipeline
 
 PROMPTS = ['a red circle on a white background', 'a blue square on a black background']
 SAMPLING = {'SAMPLE_STEPS': 2, 'SEED': 7, 'GUIDE_SCALE': 7.5, 'IMAGE_SIZE': [24, 24]}
@@ -22,10 +21,7 @@ SAMPLING = {'SAMPLE_STEPS': 2, 'SEED': 7, 'GUIDE_SCALE': 7.5, 'IMAGE_SIZE': [24,
 
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('sd15') / 'diffusers'
-    sd15_pipeline().save_pretrained(str(path))
-    return path
+    return saved_pipeline(sd15_pipeline, tmp_path_factory.mktemp('sd15'))
 
 
 def _test(folder: Path, work: Path, *args: str) -> dict:
