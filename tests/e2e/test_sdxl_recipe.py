@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from models.tiny_sd import randomize
 
 from scepter_core.checkpoint import load_state_dict
@@ -62,6 +63,8 @@ def test_sdxl_recipe_trains_two_steps_from_its_mirrored_sgm_file(tmp_path: Path)
             'conditioner.embedders.0.transformer.text_model.encoder.layers.11.mlp.fc1.weight',
             'conditioner.embedders.1.model.transformer.resblocks.1.attn.in_proj_weight',
             'conditioner.embedders.1.model.text_projection'} <= set(sgm)
+    width = BIG_G['hidden_size']  # OpenCLIP's q/k/v, fused
+    assert sgm['conditioner.embedders.1.model.transformer.resblocks.1.attn.in_proj_weight'].shape == (3 * width, width)
     assert not any(k.startswith('cond_stage_model.') for k in sgm)
 
     run_cli('train', '--cfg', str(RECIPE), *set_args(shrink(work)), cwd=tmp_path, timeout=850)
@@ -83,3 +86,5 @@ def test_sdxl_recipe_trains_two_steps_from_its_mirrored_sgm_file(tmp_path: Path)
     moved = max(float((saved[k] - original[k]).abs().max()) for k in unet)
     assert 0 < moved < 1e-3
     assert (work / 'probe' / 'step-000002' / 'grid.png').is_file()
+    resolved = yaml.safe_load((work / 'checkpoints' / 'step-000002' / 'config.yaml').read_text())['SOLVER']
+    assert resolved['MODEL']['PRETRAINED_MODEL'] == 'ms://AI-ModelScope/stable-diffusion-xl-base-1.0@' + SGM_FILE.name
