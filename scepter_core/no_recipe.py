@@ -8,14 +8,28 @@ from typing import Any
 
 from .config import Config
 from .errors import ConfigError
+from .families import SD15_RECIPE, recipe_for
+
+
+def find_config(pretrained: str | None) -> Path | None:
+    """The recipe saved next to a checkpoint (the step dir a work dir or `latest` names, the
+    step dir, checkpoints dir or work dir), else None (no weights: SD1.5's)."""
+    if pretrained:
+        from .checkpoint import find_step_dir
+        p = Path(pretrained)
+        step = find_step_dir(p)
+        here = p if p.is_dir() else p.parent
+        for d in [*([step] if step is not None else []), *[here, *here.parents][:4]]:
+            if (d / 'config.yaml').is_file():
+                return d / 'config.yaml'
+        return None
+    return SD15_RECIPE
 
 
 def weights_recipe(pretrained: str) -> tuple[Config, Path, str]:
     """(recipe, where it came from, a line saying how it was found). Beside a checkpoint: its
     config.yaml; otherwise the family is detected from a diffusers folder's configs or a single
     file's keys and shapes, and `FAMILY` is taken out of the recipe into the line."""
-    from .families import recipe_for
-    from .inference import find_config
     found = find_config(pretrained)
     if found is not None:
         return Config.load(found), found, f'{pretrained}: recipe {found}'
