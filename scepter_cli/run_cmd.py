@@ -13,9 +13,14 @@ from .common import ImportOpt, SetOpt, TrustOpt, console, load_config
 def _prepare(cfg_path: str, overrides: Optional[list[str]], imports: Optional[list[str]],
              work_dir: Optional[str], launcher: Optional[str], own_weights: bool = True):
     """The recipe, validated; `own_weights`: it loads the weights it names (no --pretrained-model)."""
+    cfg, _ = load_config(cfg_path, overrides, imports)
+    return _checked(cfg, cfg_path, work_dir, launcher, own_weights)
+
+
+def _checked(cfg, where: str, work_dir: Optional[str], launcher: Optional[str], own_weights: bool):
+    """`cfg` with the command's work dir and launcher, validated (one line a problem)."""
     from scepter_core.errors import ConfigError
     from scepter_core.validate import missing_weights_producer, validate_recipe
-    cfg, _ = load_config(cfg_path, overrides, imports)
     if work_dir:
         cfg.set('SOLVER.WORK_DIR', work_dir)
     if launcher:
@@ -23,7 +28,7 @@ def _prepare(cfg_path: str, overrides: Optional[list[str]], imports: Optional[li
     problems = validate_recipe(cfg)
     if problems:
         raise ConfigError('\n'.join(problems))
-    first = missing_weights_producer(cfg, cfg_path) if own_weights else None
+    first = missing_weights_producer(cfg, where) if own_weights else None
     if first:
         raise ConfigError(first)
     return cfg
@@ -59,21 +64,58 @@ def train(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file (YAML or
     console.print(f'[green]done[/green]: outputs in {out} (checkpoints/, probe/, tensorboard/, loss_curve.png)')
 
 
-def test(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file with TEST_DATA.'),
+def _detected(pretrained_model: str, overrides: Optional[list[str]], imports: Optional[list[str]],
+              work_dir: Optional[str]):
+    """The recipe of weights given without --cfg, as `scepter infer` finds it; its IMPORTS do
+    not run (a config.yaml beside a checkpoint is anyone's file), --import does."""
+    from scepter_core.config import apply_overrides
+    from scepter_core.imports import import_user_code
+    from scepter_core.no_recipe import weights_recipe
+    config, _, note = weights_recipe(pretrained_model)
+    console.print(note)
+    config.pop('IMPORTS', None)
+    apply_overrides(config, overrides or [])
+    import_user_code(list(imports or []), label='--import')
+    if not work_dir and not config.get_path('SOLVER.WORK_DIR'):
+        work_dir = str(Path('work_dirs') / Path(pretrained_model).resolve().name.split('.')[0])
+    return config, work_dir
+
+
+def test(cfg: Optional[str] = typer.Option(None, '--cfg', '-c', help='Recipe file with TEST_DATA; without it, the '
+                                                                     "recipe of --pretrained-model's weights."),
          pretrained_model: Optional[str] = typer.Option(None, '--pretrained-model', '--pretrained_model',
                                                         help='Weights: our checkpoint (a LoRA run\'s too), SD single '
                                                              'file or diffusers folder.'),
+         prompts: Optional[str] = typer.Option(None, '--prompts', help='Text file, one prompt a line: the test data '
+                                                                       '(instead of TEST_DATA).'),
+         data: Optional[str] = typer.Option(None, '--data', help='Images with captions (folder, metadata.jsonl, '
+                                                                 'parquet, .tar shards, CSV/TXT list): the test '
+                                                                 'data, captions as prompts, images as the '
+                                                                 "metrics' references."),
          overrides: Optional[list[str]] = SetOpt,
          work_dir: Optional[str] = typer.Option(None, '--work-dir', help='Override SOLVER.WORK_DIR.'),
          imports: Optional[list[str]] = ImportOpt) -> None:
-    """Run TEST_DATA through the model: images, a grid and metrics.json.
+    """Run TEST_DATA (or --prompts / --data) through the model: images, a grid and metrics.json.
 
-    Example: [cyan]scepter test --cfg examples/tiny_shapes.yaml --pretrained-model work_dirs/tiny_shapes/checkpoints/latest[/cyan]
+    Examples:
+      [cyan]scepter test --cfg examples/tiny_shapes.yaml --pretrained-model work_dirs/tiny_shapes/checkpoints/latest[/cyan]
+      [cyan]scepter test --pretrained-model sdxl_diffusers_folder --prompts prompts.txt --work-dir sdxl_test[/cyan]
     """
     import json
     from rich.table import Table
+    from scepter_core.errors import ConfigError
     from scepter_core.launch import launch
-    config = _prepare(cfg, overrides, imports, work_dir, None, own_weights=not pretrained_model)
+    if not cfg and not pretrained_model:
+        raise ConfigError('scepter test: give --cfg RECIPE (with TEST_DATA) or --pretrained-model WEIGHTS (our '
+                          'checkpoint, an SD single file or a diffusers folder) with --prompts FILE or --data PATH')
+    if cfg:
+        config, _ = load_config(cfg, overrides, imports)
+    else:
+        config, work_dir = _detected(pretrained_model, overrides, imports, work_dir)
+    if prompts or data or not config.get_path('SOLVER.TEST_DATA'):
+        from scepter_core.no_recipe import given_test_data
+        config.set('SOLVER.TEST_DATA', given_test_data(config.SOLVER, prompts, data))
+    config = _checked(config, cfg or pretrained_model, work_dir, None, own_weights=not pretrained_model)
     if pretrained_model:  # a LoRA run's checkpoint: the recipe's base model, its adapters on top
         from scepter_core.inference import use_pretrained
         adapters = use_pretrained(config.SOLVER.MODEL, pretrained_model)

@@ -15,24 +15,10 @@ from .errors import ConfigError
 from .families import SD15_RECIPE  # noqa: F401  (re-exported: tests and tools read it here)
 from .imports import import_user_code, recipe_imports, untrusted_note
 from .models.base import device_autocast
+from .no_recipe import find_config, weights_recipe
 from .registry import MODELS
 from .sample_args import BY_KEY, check_sample_args, check_sampler, sample_kwargs
 from .utils.images import format_parameters, make_grid, parse_parameters, save_png
-
-
-def find_config(pretrained: str | None) -> Path | None:
-    """The recipe saved next to a checkpoint (the step dir a work dir or `latest` names, the
-    step dir, checkpoints dir or work dir), else None (no weights: SD1.5's)."""
-    if pretrained:
-        from .checkpoint import find_step_dir
-        p = Path(pretrained)
-        step = find_step_dir(p)
-        here = p if p.is_dir() else p.parent
-        for d in [*([step] if step is not None else []), *[here, *here.parents][:4]]:
-            if (d / 'config.yaml').is_file():
-                return d / 'config.yaml'
-        return None
-    return SD15_RECIPE
 
 
 def resolve_weights(path: str) -> str:
@@ -84,15 +70,12 @@ def build_model(pretrained_model: str | None, cfg_path: str | None = None, overr
     its adapters); returns (model, recipe). `blocks` replace the recipe's model blocks.
     `imports` (--import) always run; the recipe's IMPORTS only with `trust_imports`: the
     config.yaml beside a checkpoint is anyone's file."""
-    path = Path(cfg_path) if cfg_path else find_config(pretrained_model)
-    if path is None:  # weights without a recipe: the family's, read off a diffusers folder's configs
-        from .families import recipe_for
-        cfg, path = recipe_for(pretrained_model), Path(pretrained_model)
-        (logger or logging.getLogger('scepter')).info(
-            f"{pretrained_model}: no recipe given or beside it; family {cfg.get('FAMILY') or 'sd15'} detected, "
-            f"recipe read off its {'configs' if path.is_dir() else 'keys and shapes'}")
-    else:
+    if cfg_path or not pretrained_model:
+        path = Path(cfg_path) if cfg_path else find_config(pretrained_model)
         cfg = Config.load(path)
+    else:  # the recipe beside the checkpoint, else the family's, read off the weights
+        cfg, path, note = weights_recipe(pretrained_model)
+        (logger or logging.getLogger('scepter')).info(note)
     apply_overrides(cfg, overrides)
     import_user_code(list(imports), label='--import')
     items = recipe_imports(cfg)

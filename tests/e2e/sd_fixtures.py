@@ -57,15 +57,25 @@ def tiny_sd_state(seed: int = 0) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def write_clip_dir(folder: Path, seed: int = 1) -> Path:
+def write_clip_dir(folder: Path, seed: int = 1, **config: object) -> Path:
     """A transformers CLIPTextModel directory (config + weights) with the CLIP tokenizer files,
-    as `clip-vit-large-patch14` is laid out."""
+    as `clip-vit-large-patch14` is laid out; `config` overrides TINY_CLIP's fields."""
     from transformers import CLIPTextConfig, CLIPTextModel
-    model = randomize(CLIPTextModel(CLIPTextConfig(**TINY_CLIP)), seed, std=0.05)
+    model = randomize(CLIPTextModel(CLIPTextConfig(**{**TINY_CLIP, **config})), seed, std=0.05)
     model.save_pretrained(str(folder))
     for f in TOKENIZER_FILES.iterdir():
         shutil.copy(f, folder / f.name)
     return folder
+
+
+def sdxl_transforms(size: int) -> list[dict]:
+    """Training transforms of an SDXL recipe at `size` px: the crop records each sample's
+    original size, crop corner and target size, renamed to the conditioner's input keys."""
+    sizes = ['original_size_as_tuple', 'crop_coords_top_left', 'target_size_as_tuple']
+    return [{'NAME': 'FlexibleResize', 'SIZE': size}, {'NAME': 'FlexibleCropXL'}, {'NAME': 'ImageToTensor'},
+            {'NAME': 'Normalize', 'MEAN': [0.5] * 3, 'STD': [0.5] * 3},
+            {'NAME': 'Select', 'KEYS': ['img', 'prompt', *[f'img_{k}' for k in sizes]]},
+            {'NAME': 'Rename', 'INPUT_KEY': ['img', *[f'img_{k}' for k in sizes]], 'OUTPUT_KEY': ['image', *sizes]}]
 
 
 def write_ms_dataset(root: Path, subset: str = '3D') -> Path:
@@ -98,9 +108,10 @@ def write_sd15_mirror(mirror: Path, seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def shrink_sd15_recipe(work_dir: Path) -> list[str]:
-    """`--set` overrides that turn Scepter's SD1.5 recipe into a 2-step CPU run of the tiny
-    model. Weights, CLIP and data still come from the recipe's own ms:// locations."""
+def shrink_sets(work_dir: Path, unet: dict | None = None) -> list[str]:
+    """`KEY=VALUE` overrides that turn one of Scepter's SD recipes (SD1.5, SDXL: the same hook
+    and transform positions) into a 2-step CPU run of a tiny model (`unet`: its UNet sizes).
+    Weights, CLIP and data still come from the recipe's own ms:// locations."""
     m = 'SOLVER.MODEL'
     sets = [f'SOLVER.WORK_DIR={work_dir}', 'SOLVER.MAX_STEPS=2', 'SOLVER.EVAL_INTERVAL=2',
             'SOLVER.USE_AMP=false',  # fp16 autocast is emulated, and slow, on CPU
@@ -111,10 +122,20 @@ def shrink_sd15_recipe(work_dir: Path) -> list[str]:
             'SOLVER.EVAL_DATA.NUM_WORKERS=0', 'SOLVER.EVAL_DATA.OUTPUT_SIZE=[32,32]',
             'SOLVER.TRAIN_HOOKS.1.LOG_INTERVAL=1', 'SOLVER.TRAIN_HOOKS.2.INTERVAL=2',
             'SOLVER.TRAIN_HOOKS.3.PROB_INTERVAL=2', 'SOLVER.EVAL_HOOKS.0.PROB_INTERVAL=2']
-    sets += [f'{m}.DIFFUSION_MODEL.{k}={json.dumps(v)}' for k, v in TINY_UNET.items()]
+    sets += [f'{m}.DIFFUSION_MODEL.{k}={json.dumps(v)}' for k, v in (unet or TINY_UNET).items()]
     sets += [f'{m}.FIRST_STAGE_MODEL.{coder}.{k}={json.dumps(v)}'
              for coder in ('ENCODER', 'DECODER') for k, v in TINY_CODER.items()]
+    return sets
+
+
+def set_args(sets: list[str]) -> list[str]:
+    """`KEY=VALUE` overrides as `scepter` arguments."""
     return [x for s in sets for x in ('--set', s)]
+
+
+def shrink_sd15_recipe(work_dir: Path) -> list[str]:
+    """The `--set` arguments that shrink Scepter's SD1.5 recipe (see shrink_sets)."""
+    return set_args(shrink_sets(work_dir))
 
 
 def sd15_shapes() -> dict[str, tuple[int, ...]]:

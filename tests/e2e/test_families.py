@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -104,6 +105,13 @@ def sdxl_pipeline():
                                      text_encoder_2=_text(24, 'gelu', projection=16, seed=10),
                                      tokenizer=_tokenizer(), tokenizer_2=_tokenizer('!'), unet=unet,
                                      scheduler=_scheduler(), force_zeros_for_empty_prompt=True)
+
+
+def saved_pipeline(make: Callable[[], Any], root: Path) -> Path:
+    """The diffusers folder (`root/diffusers`) of the pipeline `make` builds from seed 0."""
+    torch.manual_seed(0)
+    make().save_pretrained(str(root / 'diffusers'))
+    return root / 'diffusers'
 
 
 CASES = {'sd15': (sd15_pipeline, 7.5, None), 'sd21v': (sd2v_pipeline, 7.5, (32, 24)),

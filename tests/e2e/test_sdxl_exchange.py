@@ -18,7 +18,8 @@ from safetensors import safe_open
 from scepter_core.families import folder_recipe
 
 from .conftest import run_cli, write_recipe
-from .test_families import _scheduler, _text, _tokenizer, _unet, _vae
+from .sd_fixtures import sdxl_transforms
+from .test_families import _scheduler, _text, _tokenizer, _unet, _vae, saved_pipeline
 
 PROMPT, SEED, STEPS, GUIDANCE, SIZE = 'a red circle on a white background', 7, 3, 5.0, 16
 TOL = 1.0  # 1/255: our PNG is rounded to 8 bits, diffusers' float image is not
@@ -27,14 +28,6 @@ TOL = 1.0  # 1/255: our PNG is rounded to 8 bits, diffusers' float image is not
 LORA = [{'NAME': 'SwiftLoRA', 'R': 4, 'LORA_ALPHA': 8, 'TARGET_MODULES': 'model.*(to_q|to_k|to_v|to_out.0|net.0.proj)$'},
         {'NAME': 'SwiftLoRA', 'R': 2, 'LORA_ALPHA': 3,
          'TARGET_MODULES': 'cond_stage_model.embedders.[01].*(q_proj|k_proj|v_proj|out_proj|mlp.fc1|mlp.fc2)$'}]
-TRANSFORMS = [
-    {'NAME': 'FlexibleResize', 'SIZE': SIZE}, {'NAME': 'FlexibleCropXL'}, {'NAME': 'ImageToTensor'},
-    {'NAME': 'Normalize', 'MEAN': [0.5] * 3, 'STD': [0.5] * 3},
-    {'NAME': 'Select', 'KEYS': ['img', 'prompt', 'img_original_size_as_tuple', 'img_crop_coords_top_left',
-                                'img_target_size_as_tuple']},
-    {'NAME': 'Rename', 'INPUT_KEY': ['img', 'img_original_size_as_tuple', 'img_crop_coords_top_left',
-                                     'img_target_size_as_tuple'],
-     'OUTPUT_KEY': ['image', 'original_size_as_tuple', 'crop_coords_top_left', 'target_size_as_tuple']}]
 
 
 def sdxl64_pipeline():
@@ -72,10 +65,7 @@ def _infer(weights: Path, out: Path, *extra: str) -> np.ndarray:
 
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('sdxl') / 'diffusers'
-    sdxl64_pipeline().save_pretrained(str(path))
-    return path
+    return saved_pipeline(sdxl64_pipeline, tmp_path_factory.mktemp('sdxl'))
 
 
 def test_sgm_file_converts_to_a_diffusers_folder_with_the_same_pixels(folder: Path, tmp_path: Path):
@@ -101,7 +91,7 @@ def test_lora_trained_here_loads_in_diffusers_with_the_same_image(folder: Path, 
     solver.update({'WORK_DIR': str(tmp_path / 'run'), 'MAX_STEPS': 2, 'SEED': 7, 'TUNER': copy.deepcopy(LORA),
                    'OPTIMIZER': {'NAME': 'AdamW', 'LEARNING_RATE': 3e-2},
                    'TRAIN_DATA': {'NAME': 'ShapesDataset', 'IMAGE_SIZE': 24, 'NUM_SAMPLES': 8, 'BATCH_SIZE': 2,
-                                  'TRANSFORMS': TRANSFORMS},
+                                  'TRANSFORMS': sdxl_transforms(SIZE)},
                    'TRAIN_HOOKS': [{'NAME': 'BackwardHook'}, {'NAME': 'CheckpointHook', 'INTERVAL': 2}]})
     run_cli('train', '--cfg', str(write_recipe(tmp_path / 'lora.yaml', recipe)), cwd=tmp_path, timeout=600)
     kohya, peft = tmp_path / 'kohya.safetensors', tmp_path / 'peft.safetensors'

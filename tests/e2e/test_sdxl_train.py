@@ -10,6 +10,7 @@ import pytest
 from scepter_core.checkpoint import load_state_dict
 
 from .conftest import TINY_MODEL, run_cli, tiny_recipe, write_recipe
+from .sd_fixtures import sdxl_transforms
 
 OUT_DIM = 16
 TEXT_1 = {'vocab_size': 49408, 'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 2,
@@ -31,17 +32,9 @@ def tiny_xl_recipe(work: Path, tuner: list | None = None) -> dict:
          'LEGACY': False, 'ALWAYS_RETURN_POOLED': True, 'USE_GRAD': use_grad, 'INPUT_KEYS': ['prompt']},
         *[{'NAME': 'ConcatTimestepEmbedderND', 'OUT_DIM': OUT_DIM, 'INPUT_KEYS': [k]}
           for k in ('original_size_as_tuple', 'crop_coords_top_left', 'target_size_as_tuple')]]}
-    transforms = [
-        {'NAME': 'FlexibleResize', 'SIZE': 16}, {'NAME': 'FlexibleCropXL'}, {'NAME': 'ImageToTensor'},
-        {'NAME': 'Normalize', 'MEAN': [0.5] * 3, 'STD': [0.5] * 3},
-        {'NAME': 'Select', 'KEYS': ['img', 'prompt', 'img_original_size_as_tuple', 'img_crop_coords_top_left',
-                                    'img_target_size_as_tuple']},
-        {'NAME': 'Rename', 'INPUT_KEY': ['img', 'img_original_size_as_tuple', 'img_crop_coords_top_left',
-                                         'img_target_size_as_tuple'],
-         'OUTPUT_KEY': ['image', 'original_size_as_tuple', 'crop_coords_top_left', 'target_size_as_tuple']}]
     cfg = tiny_recipe(work, steps=2)
     cfg['SOLVER']['MODEL'] = model
-    cfg['SOLVER']['TRAIN_DATA'].update({'IMAGE_SIZE': 24, 'TRANSFORMS': transforms})
+    cfg['SOLVER']['TRAIN_DATA'].update({'IMAGE_SIZE': 24, 'TRANSFORMS': sdxl_transforms(16)})
     cfg['SOLVER'].pop('TEST_DATA')
     if tuner:
         cfg['SOLVER']['TUNER'] = tuner
