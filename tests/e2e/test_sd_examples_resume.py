@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 from models.tiny_sd import randomize
@@ -37,13 +37,13 @@ CODER = [f'{M}.FIRST_STAGE_MODEL.{c.upper()}.{k}={json.dumps(v)}' for c in ('Enc
          for k, v in {'NAME': c, **TINY_CODER}.items()]
 
 
-def leaves(prefix: str, block: dict) -> list[str]:
-    """`--set` lines giving `block`'s values (nested blocks key by key; NAME kept as the example's)."""
+def leaves(prefix: str, block: dict, top: bool = True) -> list[str]:
+    """`--set` lines giving `block`'s values (nested blocks key by key; the top NAME stays the example's)."""
     out = []
     for k, v in block.items():
         if isinstance(v, dict) and 'NAME' in v:
-            out += leaves(f'{prefix}.{k}', v)
-        elif k != 'NAME':
+            out += leaves(f'{prefix}.{k}', v, top=False)
+        elif k != 'NAME' or not top:
             out.append(f'{prefix}.{k}={json.dumps(v)}')
     return out
 
@@ -91,8 +91,6 @@ EXAMPLES: dict[str, tuple[str, str, list[str], Writer]] = {
     'sd15_512_full': ('SD15_CKPT', 'SD15_DATA', SD15, single_file),
     'sdxl_1024_full': ('SDXL_CKPT', 'SDXL_DATA', SDXL, single_file),
     'sdxl_1024_lora': ('SDXL_CKPT', 'SDXL_DATA', SDXL, single_file),
-}
-FLOW_EXAMPLES = {
     'flux1_schnell_lora': ('FLUX_SCHNELL_DIR', 'FLUX_DATA', FLOW, lambda e, s, root: tiny_flux_folder(root, False)),
     'flux1_dev_1024_lora': ('FLUX_DIR', 'FLUX_DATA', FLOW, lambda e, s, root: tiny_flux_folder(root, True)),
     'sd35_medium_lora': ('SD35_DIR', 'SD35_DATA', FLOW, lambda e, s, root: tiny_sd3_folder(root, 'sd35-medium')),
