@@ -34,6 +34,7 @@ from .config import Config
 from .dist import init_process_group, leave_process_group, uses_cuda
 from .errors import ConfigError, ScepterError
 from .imports import LOADED, import_user_code
+from .solvers.interrupt import Interrupted
 from .worker import run_worker
 
 TORCHRUN_VARS = ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
@@ -61,6 +62,9 @@ def _run_in_group(cfg: Config, fn: Callable[[Config], Any]) -> Any:
         out = fn(cfg)
         ok = True
         return out
+    except Interrupted:
+        ok = True  # every rank stopped after the same step: they leave together
+        raise
     finally:
         leave_process_group(ok)
 
@@ -96,7 +100,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """SIGKILL this worker when the launching process dies, however it dies (Linux), so a
     killed job never leaves workers behind."""
     if sys.platform.startswith('linux'):
@@ -106,7 +110,7 @@ def _die_with_parent() -> None:
 
 def _spawned(local_rank: int, cfg: Config, fn: Callable[[Config], Any], nprocs: int, node_rank: int,
              nnodes: int, report_dir: str, user_code: list[str]) -> None:
-    _die_with_parent()
+    die_with_parent()
     if hasattr(os, 'setpgrp'):  # Ctrl-C reaches the launcher alone, which passes it on once
         os.setpgrp()
     rank = node_rank * nprocs + local_rank
@@ -118,10 +122,26 @@ def _spawned(local_rank: int, cfg: Config, fn: Callable[[Config], Any], nprocs: 
     try:
         import_user_code(user_code)  # classes the parent registered through --import / IMPORTS
         _run_in_group(cfg, fn)
+    except Interrupted as e:  # a clean stop, reported by the launcher: an error would stop the other ranks
+        _write_report(report_dir, local_rank, e, interrupted=True)
     except Exception as e:
-        report = {'message': _describe(e), 'exit_code': getattr(e, 'exit_code', 1), 'time': time.time()}
-        (Path(report_dir) / f'rank-{local_rank}.json').write_text(json.dumps(report))
+        _write_report(report_dir, local_rank, e)
         raise
+
+
+def _write_report(report_dir: str, local_rank: int, e: BaseException, interrupted: bool = False) -> None:
+    report = {'message': _describe(e), 'exit_code': getattr(e, 'exit_code', 1), 'time': time.time(),
+              'interrupted': interrupted}
+    (Path(report_dir) / f'rank-{local_rank}.json').write_text(json.dumps(report))
+
+
+def _interrupted(report_dir: Path) -> Interrupted | None:
+    """The stop on a signal that the workers reported (the lowest rank's words), if they did."""
+    for path in sorted(report_dir.glob('rank-*.json'), key=lambda p: int(p.stem.split('-')[1])):
+        report = json.loads(path.read_text())
+        if report.get('interrupted'):
+            return Interrupted(report['message'], int(report['exit_code']) - 128)
+    return None
 
 
 def _root_cause(context: Any, report_dir: Path, first: int) -> tuple[int, str, int]:
@@ -160,10 +180,14 @@ def _run_spawn(cfg: Config, fn: Callable[[Config], Any]) -> Any:
     with tempfile.TemporaryDirectory(prefix='scepter-workers-') as report_dir:
         context = mp.start_processes(_spawned, nprocs=nprocs, join=False, start_method='spawn',
                                      args=(cfg, fn, nprocs, node_rank, nnodes, report_dir, list(LOADED)))
-        previous = {s: signal.signal(s, functools.partial(_forward, context)) for s in (signal.SIGINT, signal.SIGTERM)}
+        forward = functools.partial(_forward, context, [])
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not context.join():
                 pass
+            stopped = _interrupted(Path(report_dir))
+            if stopped is not None:
+                raise stopped
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
             i, message, code = _root_cause(context, Path(report_dir), e.error_index)
             raise WorkerError(f'worker rank {node_rank * nprocs + i} {message}; the other workers were stopped',
@@ -174,11 +198,19 @@ def _run_spawn(cfg: Config, fn: Callable[[Config], Any]) -> Any:
     return None
 
 
-def _forward(context: Any, signum: int, frame: Any) -> None:
-    """SIGINT / SIGTERM to the launcher: to every worker (they stop after the same step)."""
+def _forward(context: Any, received: list[int], signum: int, frame: Any) -> None:
+    """SIGINT / SIGTERM to the launcher: to every worker (they stop after the same step). A
+    second one stops the workers and the launcher at once, with one line."""
+    received.append(signum)
+    again = len(received) > 1
     for p in context.processes:
         if p.is_alive():
-            os.kill(p.pid, signum)
+            os.kill(p.pid, signal.SIGKILL if again else signum)
+    if again:
+        sys.stderr.write(f'error: {signal.Signals(signum).name} again: stopped at once, without a checkpoint '
+                         f'of this step\n')
+        sys.stderr.flush()
+        os._exit(128 + signum)
 
 
 # ---- entry ----------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ torchrun / SLURM as Lightning detects them), joins the process group and wraps t
 DDP. Each training step is the solver's own (`BaseSolver.train_step` and its `TrainStep`:
 forward, backward, optimizer and LR steps), with the backward pass through Lightning's
 `manual_backward`; the hooks log, probe and checkpoint in our format.
+SIGINT / SIGTERM stop as without Lightning (solvers/interrupt.py): the signal reaches the first
+process (the processes Lightning starts are in their own process group and die with it), the
+ranks agree at the step end, rank 0 reports and the others leave quietly.
 Install with `pip install 'scepter-forge[lightning]'`."""
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ class SolverModule(pl.LightningModule if pl else object):
         self.solver: Any = None
         self.automatic_optimization = False  # the solver's TrainStep steps the optimizer
         self._fetch_started = 0.0
+        self._stop: Any = None
 
     def setup(self, stage: str) -> None:
         from .worker import build_solver
@@ -59,6 +63,9 @@ class SolverModule(pl.LightningModule if pl else object):
         return self.solver.train_loader()
 
     def on_train_start(self) -> None:
+        from .solvers.interrupt import StopRequest
+        # ours replace Lightning's handlers (its SIGTERM stops with exit 0 and no checkpoint)
+        self._stop = StopRequest(self.solver.logger).__enter__()
         self.solver.before_solve()
         self.solver.begin_train()
         self._fetch_started = time.perf_counter()
@@ -69,11 +76,13 @@ class SolverModule(pl.LightningModule if pl else object):
         solver.state.skipped_samples += int(batch.pop('_skipped', 0) or 0)
         solver.call_hooks('before_iter')
         solver.train_step(batch, self._fetch_started, fetched)
+        solver.stop_if_asked(self._stop)
         if solver.state.step >= solver.state.max_steps:
             self.trainer.should_stop = True
         self._fetch_started = time.perf_counter()
 
     def on_train_end(self) -> None:
+        self._stop.__exit__(None, None, None)
         self.solver.call_hooks('after_all_iter')
         self.solver.after_solve()
 
@@ -111,5 +120,33 @@ def run_lightning(cfg: Config) -> Any:
                          enable_model_summary=False, max_epochs=-1, max_steps=-1, use_distributed_sampler=False,
                          num_sanity_val_steps=0, limit_val_batches=0)
     module = SolverModule(cfg)
-    trainer.fit(module)
+    from .launch import is_first_process
+    from .solvers.interrupt import Interrupted
+    first = _join_first_process()
+    try:
+        trainer.fit(module)
+    except Interrupted:
+        if is_first_process():
+            raise
+        return None  # rank 0 reports the stop; a failing exit here would make Lightning kill it
+    finally:
+        if first:
+            os.environ.pop(_FIRST_PID, None)
     return module.solver
+
+
+_FIRST_PID = 'SCEPTER_PL_FIRST_PID'  # set while fitting: the processes Lightning starts inherit it
+
+
+def _join_first_process() -> bool:
+    """True in the first process. In one that Lightning started for another rank: leave the
+    terminal's process group (a Ctrl-C reaches the first process alone, which decides for all)
+    and die with the first process."""
+    if os.environ.get(_FIRST_PID, str(os.getpid())) == str(os.getpid()):
+        os.environ[_FIRST_PID] = str(os.getpid())
+        return True
+    if hasattr(os, 'setpgrp'):
+        from .launch import die_with_parent
+        os.setpgrp()
+        die_with_parent()
+    return False

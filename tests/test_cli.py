@@ -153,11 +153,24 @@ def test_console_script_installed_by_pip():
     assert run(['--version'], exe=[exe]).stdout.startswith('scepter ')
 
 
-def test_help_does_not_import_torch():
-    code = ("import atexit, sys; atexit.register(lambda: print('TORCH', 'torch' in sys.modules)); "
-            "sys.argv = ['scepter', '--help']; from scepter_cli.main import run; run()")
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith('TORCH False')
+HEAVY = ('diffusers', 'transformers', 'lightning', 'pytorch_lightning', 'peft', 'open_clip')
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize('argv, absent', [
+    (['--help'], ('torch',) + HEAVY),
+    (['train', '--help'], ('torch',) + HEAVY),
+    # validating needs the classes' declared parameters (torch modules), never the model libraries
+    (['config', 'validate', '--cfg', 'examples/flux1_schnell_lora.yaml', '--set', 'ENV.USE_PL=true'], HEAVY),
+    (['config', 'validate', '--cfg', 'examples/sdxl_1024_lora.yaml'], HEAVY)], ids=lambda v: '_'.join(v)[:40])
+def test_cli_start_does_not_import_what_it_does_not_need(argv: list[str], absent: tuple[str, ...]):
+    code = ("import atexit, json, sys; atexit.register(lambda: print(json.dumps(sorted({m.split('.')[0] "
+            "for m in sys.modules})))); from scepter_cli.main import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, '-c', code, *argv], capture_output=True, text=True, timeout=200,
+                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = set(json.loads(proc.stdout.splitlines()[-1]))
+    assert not loaded & set(absent), sorted(loaded & set(absent))
 
 
 def _command_paths() -> list[list[str]]:

@@ -69,11 +69,13 @@ KEEP_DTYPE = ('model_ema',)
 
 
 def frozen_subtrees(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The largest submodules whose parameters are all frozen (and that have some)."""
+    """The largest submodules whose parameters are all frozen (and that have some), but those
+    the model runs in float32 itself (its `full_precision_parts`, e.g. SDXL's VAE)."""
     found: list[tuple[str, nn.Module]] = []
+    keep = set(getattr(model, 'full_precision_parts', ()))
 
     def visit(prefix: str, module: nn.Module) -> None:
-        if prefix.rsplit('.', 1)[-1] in KEEP_DTYPE:
+        if prefix.rsplit('.', 1)[-1] in KEEP_DTYPE or prefix in keep:
             return
         params = list(module.parameters())
         if params and prefix and not any(p.requires_grad for p in params):

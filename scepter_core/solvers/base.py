@@ -283,10 +283,14 @@ class BaseSolver(BaseObject):
                 t0 = time.perf_counter()
                 batch = next(data_iter)
                 self.train_step(batch, t0, time.perf_counter())
-                signum = stop.requested() if self.state.is_step_end else 0
-                if signum:
-                    self.stop_on_signal(signum)
+                self.stop_if_asked(stop)
         self.call_hooks('after_all_iter')
+
+    def stop_if_asked(self, stop: StopRequest) -> None:
+        """At a step end: when a signal reached any rank, all of them checkpoint and stop here."""
+        signum = stop.requested() if self.state.is_step_end else 0
+        if signum:
+            self.stop_on_signal(signum)
 
     def stop_on_signal(self, signum: int) -> None:
         """Write a checkpoint of the step just finished and stop (a signal asked to)."""

@@ -54,8 +54,9 @@ class StopRequest:
             sys.stderr.flush()
             os._exit(128 + signum)
         self.signum = signum
-        self.logger.warning(f'{name}: finishing this step, then writing a checkpoint '
-                            f'(send {name} again to stop at once)')
+        if we.is_main:  # one line for the run, not one per rank
+            self.logger.warning(f'{name}: finishing this step, then writing a checkpoint '
+                                f'(send {name} again to stop at once)')
 
     def requested(self) -> int:
         """The signal that asked to stop (0: none); the same on every rank."""

@@ -1,5 +1,6 @@
 """Attack corpus, faults, on real `scepter train` processes: SIGKILL at random moments (x10),
-SIGINT and SIGTERM (a checkpoint, exit 130 / 143, a resume), a second signal, two trainings on
+SIGINT and SIGTERM (a checkpoint, exit 130 / 143, a resume), a second signal, each in one process,
+2 gloo processes of the spawn launcher and under Lightning (1 and 2 processes), two trainings on
 one WORK_DIR, a read-only work dir, NaN from a huge learning rate. After each: the previous
 checkpoint still loads and `latest` names a complete one."""
 from __future__ import annotations
@@ -22,6 +23,9 @@ from scepter_core.solvers.state import resolve_checkpoint, step_dirs, step_numbe
 from tests.e2e.conftest import tiny_recipe, write_recipe
 
 LONG = 100000  # steps: the run only ends when the attack ends it
+# --set lines of each launcher, and its number of ranks
+LAUNCHERS = {'one': ([], 1), 'spawn2': (['ENV.NUM_PROCESSES=2'], 2), 'lightning': (['ENV.USE_PL=true'], 1),
+             'lightning2': (['ENV.USE_PL=true', 'ENV.NUM_PROCESSES=2'], 2)}
 pytestmark = pytest.mark.timeout(1800)  # real processes, each starting torch: slow on a busy machine
 
 
@@ -31,6 +35,10 @@ def recipe(tmp: Path, work: Path, interval: int = 1, log: int = 1000, **solver: 
     cfg['SOLVER']['TRAIN_HOOKS'] = [{'NAME': 'BackwardHook'}, {'NAME': 'LogHook', 'LOG_INTERVAL': log},
                                     {'NAME': 'CheckpointHook', 'INTERVAL': interval, 'KEEP_LAST': 2}]
     return write_recipe(tmp / 'recipe.yaml', cfg)
+
+
+def sets(launcher: str) -> list[str]:
+    return [x for s in LAUNCHERS[launcher][0] for x in ('--set', s)]
 
 
 def start(path: Path, *args: str) -> subprocess.Popen:
@@ -92,35 +100,49 @@ def test_sigkill_at_random_moments_keeps_the_last_checkpoint(tmp_path: Path):
     assert not list((work / 'checkpoints').glob('.step-*'))[1:]  # at most the one killed save's leftover
 
 
-@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
-def test_signal_finishes_the_step_saves_and_resumes(tmp_path: Path, sig: signal.Signals):
-    work = tmp_path / 'w'
-    path = recipe(tmp_path, work, interval=1000, log=1)  # no periodic checkpoint: the signal's is the only one
-    proc = start(path)
-    while not (work / 'std_log.txt').is_file() or 'step 2/' not in (work / 'std_log.txt').read_text():
+def wait_for_log(proc: subprocess.Popen, work: Path, text: str) -> None:
+    while not (work / 'std_log.txt').is_file() or text not in (work / 'std_log.txt').read_text():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.05)
-    proc.send_signal(sig)
+
+
+@pytest.mark.parametrize('sig, launcher', [(signal.SIGINT, 'one'), (signal.SIGTERM, 'one'),
+                                           (signal.SIGTERM, 'spawn2'),
+                                           (signal.SIGTERM, 'lightning'), (signal.SIGTERM, 'lightning2')])
+def test_signal_finishes_the_step_saves_and_resumes(tmp_path: Path, sig: signal.Signals, launcher: str):
+    work = tmp_path / 'w'
+    path = recipe(tmp_path, work, interval=1000, log=1)  # no periodic checkpoint: the signal's is the only one
+    proc = start(path, *sets(launcher))
+    wait_for_log(proc, work, 'step 2/')
+    proc.send_signal(sig)  # to the command alone (as `kill PID`): it passes the stop on to the other ranks
     done = finish(proc)
-    line = judge(f'{sig.name} while training', done, codes=[128 + sig], names=[sig.name, 'checkpoint'],
+    line = judge(f'{sig.name} while training ({launcher})', done, codes=[128 + sig], names=[sig.name, 'checkpoint'],
                  intact=lambda: loads(work))
     step = newest(work)
     assert step > 0 and f'after step {step}' in line
-    resumed = cli('train', '--cfg', str(path), '--resume', 'latest', '--set', f'SOLVER.MAX_STEPS={step + 1}')
+    assert len(step_dirs(work / 'checkpoints')) == 1  # one checkpoint, of the step every rank stopped after
+    state = torch.load(work / 'checkpoints' / f'step-{step:06d}' / 'training_state.pt', weights_only=True)
+    ranks = LAUNCHERS[launcher][1]
+    assert state['step'] == step and state['world_size'] == ranks and len(state['rng_per_rank']) == ranks
+    assert done.stderr.count(f'{sig.name}: finishing this step') == 1  # one warning, not one per rank
+    resumed = cli('train', '--cfg', str(path), '--resume', 'latest', '--set', f'SOLVER.MAX_STEPS={step + 1}',
+                  *sets(launcher))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert newest(work) == step + 1
 
 
-def test_a_second_signal_stops_at_once(tmp_path: Path):
+@pytest.mark.parametrize('launcher', ['one', 'spawn2', 'lightning2'])
+def test_a_second_signal_stops_at_once(tmp_path: Path, launcher: str):
     work = tmp_path / 'w'
     path = recipe(tmp_path, work)
-    proc = start(path)
+    proc = start(path, *sets(launcher))
     wait_for_step(proc, work, 0)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)  # the first one's handler has run; the step or its checkpoint is under way
     proc.send_signal(signal.SIGINT)
     done = finish(proc)
-    judge('SIGINT twice', done, codes=[130], names=['again', 'stopped at once'], intact=lambda: loads(work))
+    judge(f'SIGINT twice ({launcher})', done, codes=[130], names=['again', 'stopped at once'],
+          intact=lambda: loads(work))
 
 
 def test_two_trainings_on_one_work_dir(tmp_path: Path):

@@ -7,15 +7,13 @@ the random streams."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
-from .conftest import ROOT, run_cli
+from .resume_checks import assert_same_checkpoint, resume_in_two, step_dir, train_example
 
 N, K = 4, 2
 SMALL = ['SOLVER.TRAIN_DATA.BATCH_SIZE=2', f'SOLVER.LR_SCHEDULER.TOTAL_STEPS={N}']  # one schedule for both
@@ -32,46 +30,8 @@ SETS = {
 
 
 def train(example: str, root: Path, work: Path, steps: int, *extra: str, resume: bool = False) -> str:
-    args = ['train', '--cfg', str(ROOT / 'examples' / f'{example}.yaml'), '--work-dir', str(work),
-            '--set', f'SOLVER.MAX_STEPS={steps}']
-    for s in SETS[example] + list(extra):
-        args += ['--set', s]
-    if resume:
-        args += ['--resume', 'latest']
-    env = {'TINY_WORK_DIR': str(root), 'DATA_DIR': str(root / 'photos'), 'OMP_NUM_THREADS': '1'}
-    proc = run_cli(*args, env=env, timeout=900)
-    return proc.stdout + proc.stderr
-
-
-def step_dir(work: Path, step: int) -> Path:
-    return work / 'checkpoints' / f'step-{step:06d}'
-
-
-def assert_same_tree(a: Any, b: Any, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_same_tree(a[k], b[k], f'{where}.{k}')
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tree(x, y, f'{where}[{i}]')
-    elif isinstance(a, np.ndarray):
-        assert np.array_equal(a, b), where
-    else:
-        assert a == b, f'{where}: {a!r} != {b!r}'
-
-
-def assert_same_checkpoint(a: Path, b: Path) -> None:
-    wa, wb = load_file(a / 'model.safetensors'), load_file(b / 'model.safetensors')
-    assert wa.keys() == wb.keys()
-    differ = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not differ, f'{len(differ)} of {len(wa)} tensors differ, e.g. {differ[:4]}'
-    sa, sb = (torch.load(d / 'training_state.pt', weights_only=True) for d in (a, b))
-    assert sa['step'] == N and sa.keys() == sb.keys()
-    assert_same_tree(sa, sb, 'training_state')  # optimizer, schedule, hooks, RNG of every rank, counters
+    env = {'TINY_WORK_DIR': str(root), 'DATA_DIR': str(root / 'photos')}
+    return train_example(example, work, steps, SETS[example] + list(extra), env, resume=resume)
 
 
 @pytest.fixture(scope='module')
@@ -97,16 +57,14 @@ def shapes_straight(root: Path) -> Path:
 
 
 def resume_run(example: str, root: Path, work: Path, *extra: str) -> None:
-    train(example, root, work, K, *extra)
-    out = train(example, root, work, N, *extra, resume=True)
-    assert f'resuming at step {K}' in out
-    assert 'WARNING' not in out, out
+    env = {'TINY_WORK_DIR': str(root), 'DATA_DIR': str(root / 'photos')}
+    resume_in_two(example, work, K, N, SETS[example] + list(extra), env)
 
 
 @pytest.mark.timeout(900)
 def test_vae_example_resumes_exactly(root: Path, tmp_path: Path):
     resume_run('tiny_shapes_vae', root, tmp_path / 'r')
-    assert_same_checkpoint(step_dir(root / 'tiny_shapes_vae', N), step_dir(tmp_path / 'r', N))
+    assert_same_checkpoint(step_dir(root / 'tiny_shapes_vae', N), step_dir(tmp_path / 'r', N), N)
 
 
 @pytest.mark.timeout(900)
@@ -114,7 +72,7 @@ def test_vae_example_resumes_exactly(root: Path, tmp_path: Path):
 def test_shapes_example_resumes_exactly(root: Path, shapes_straight: Path, tmp_path: Path, workers: int):
     # the straight run loads with 0 workers: batches do not depend on the number of workers
     resume_run('tiny_shapes', root, tmp_path / 'r', f'SOLVER.TRAIN_DATA.NUM_WORKERS={workers}')
-    assert_same_checkpoint(step_dir(shapes_straight, N), step_dir(tmp_path / 'r', N))
+    assert_same_checkpoint(step_dir(shapes_straight, N), step_dir(tmp_path / 'r', N), N)
 
 
 @pytest.mark.timeout(900)
@@ -122,7 +80,7 @@ def test_shapes_example_resumes_exactly(root: Path, shapes_straight: Path, tmp_p
 def test_finetune_examples_resume_exactly(root: Path, shapes_straight: Path, tmp_path: Path, example: str):
     train(example, root, tmp_path / 's', N)
     resume_run(example, root, tmp_path / 'r')
-    assert_same_checkpoint(step_dir(tmp_path / 's', N), step_dir(tmp_path / 'r', N))
+    assert_same_checkpoint(step_dir(tmp_path / 's', N), step_dir(tmp_path / 'r', N), N)
 
 
 @pytest.mark.timeout(900)
@@ -131,6 +89,6 @@ def test_two_gloo_processes_resume_exactly(root: Path, tmp_path: Path):
     train('tiny_shapes', root, tmp_path / 's', N, *two)
     resume_run('tiny_shapes', root, tmp_path / 'r', *two)
     a, b = step_dir(tmp_path / 's', N), step_dir(tmp_path / 'r', N)
-    assert_same_checkpoint(a, b)
+    assert_same_checkpoint(a, b, N)
     state = torch.load(a / 'training_state.pt', weights_only=True)
     assert state['world_size'] == 2 and len(state['rng_per_rank']) == 2

@@ -3,9 +3,13 @@ from the batch (or the image size), an empty negative prompt conditions on zeros
 training step and sampling run."""
 from __future__ import annotations
 
+import copy
+import logging
+
 import pytest
 import torch
 
+from scepter_core.accel.switches import cast_frozen_modules
 from scepter_core.registry import MODELS
 from tiny_sd import TINY_VAE, cfg, randomize
 from test_conditioner import BIGG, CLIP_L, PROMPTS, encoder_dirs, sdxl_embedders  # noqa: F401  (fixture)
@@ -94,3 +98,15 @@ def test_sampling_is_seeded_and_conditioned_on_size(model):
     assert all(torch.equal(x['image'], y['image']) for x, y in zip(a, b))
     assert not torch.equal(a[0]['image'], c[0]['image'])
 
+
+
+def test_amp_leaves_the_float32_vae_alone_and_encodes_under_bf16_autocast(model):
+    amp = copy.deepcopy(model)
+    amp.first_stage_model.requires_grad_(False)
+    amp.cond_stage_model.requires_grad_(False)
+    assert cast_frozen_modules(amp, torch.bfloat16, logging.getLogger('t')) == ['cond_stage_model']
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):  # USE_AMP's training context
+        got = amp.encode_first_stage(image, generator=torch.Generator().manual_seed(0))
+    want = model.encode_first_stage(image, generator=torch.Generator().manual_seed(0))
+    assert got.dtype == torch.float32 and torch.equal(got, want)  # FIRST_STAGE_FP32: float32 throughout

@@ -52,6 +52,11 @@ class LatentDiffusionXL(LatentDiffusion):
             raise ConfigError(f"'{self.cfg.path or 'LatentDiffusionXL'}.COND_STAGE_MODEL': expected a "
                               f'GeneralConditioner, got {type(self.cond_stage_model).__name__}')
 
+    @property
+    def full_precision_parts(self) -> tuple[str, ...]:
+        """Frozen parts that USE_AMP must not hold in half precision: the VAE casts itself back."""
+        return ('first_stage_model',) if self.cfg.FIRST_STAGE_FP32 else ()
+
     @contextlib.contextmanager
     def _first_stage_precision(self, device: torch.device) -> Iterator[None]:
         if not self.cfg.FIRST_STAGE_FP32:
