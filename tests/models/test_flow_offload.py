@@ -126,3 +126,26 @@ def test_lora_step_on_an_int8_base_with_offloaded_checkpointed_blocks():
     for name, g in grads[0].items():  # the same int8 kernels on the same weights: equal on one thread
         assert torch.count_nonzero(g) > 0, name
         torch.testing.assert_close(grads[1][name], g, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_moving_an_offloaded_model_converts_its_frozen_blocks_on_the_cpu_one_by_one(case):
+    """`.to()` of a model with OFFLOAD_BLOCKS (the solver moves it to the device) leaves the
+    blocks' frozen tensors on the CPU: they go through the conversion after the rest, one at a
+    time (on a GPU: one block tensor on the device at once), and the model still computes."""
+    block, (channels, context, pooled), _ = CASES[case]
+    plain, offloaded = (Net(block, **s).model.eval().requires_grad_(False) for s in ({}, {'OFFLOAD_BLOCKS': True}))
+    frozen = {id(t) for b in blocks(offloaded) for t in [*b.parameters(), *b.buffers()]}
+    seen: list[bool] = []
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        seen.append(id(t) in frozen)
+        return t.to(torch.float64)
+    offloaded._apply(convert)
+    assert seen.count(True) == len(frozen) and seen[-len(frozen):] == [True] * len(frozen)
+    assert all(t.dtype == torch.float64 and t.device.type == 'cpu' and not t.requires_grad
+               for b in blocks(offloaded) for t in b.parameters())
+    with torch.no_grad():
+        expected = plain.to(torch.float64)(*inputs(channels, context, pooled))
+        out = offloaded(*inputs(channels, context, pooled))
+    assert torch.equal(out, expected) and offloaded.offload.fetches == len(blocks(offloaded))
