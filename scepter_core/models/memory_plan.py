@@ -53,13 +53,14 @@ def _frozen_bytes(module: nn.Module, s: Switches) -> int:
 
 
 def plan(transformer_block: dict[str, Any], other_parameters: int, s: Switches, latent_channels: int,
-         size_factor: int, activations: dict[str, int] | None = None) -> dict[str, int]:
+         size_factor: int, activations: dict[str, int] | None = None,
+         transformer: nn.Module | None = None) -> dict[str, int]:
     """Planned bytes of one training run (weights, gradients, optimizer, activations, peak) of
     the transformer `transformer_block` beside `other_parameters` frozen ones (VAE, text encoders).
     `activations`: this run's {'saved', 'working'} when already traced (they do not depend on
-    QUANTIZE_BASE or OFFLOAD_BLOCKS)."""
+    QUANTIZE_BASE or OFFLOAD_BLOCKS); `transformer`: the block built on the meta device, if it is."""
     size = DTYPE_BYTES[s.dtype]
-    transformer = build_meta(transformer_block)
+    transformer = transformer if transformer is not None else build_meta(transformer_block)
     if s.lora_rank:
         pattern = re.compile(s.lora_targets)  # as peft matches it: the whole name in the network
         trained = sum(s.lora_rank * (m.in_features + m.out_features) for n, m in transformer.named_modules()
@@ -94,13 +95,15 @@ def switch_table(transformer_block: dict[str, Any], other_parameters: int, base:
     tunings = [(0, None, False)] + [(lora_rank, q, o) for q in (None, 'int8', 'fp8') for o in (False, True)]
     traced: dict[int, dict[bool, dict[str, int]]] = {}
     rows: list[dict[str, Any]] = []
+    transformer = build_meta(transformer_block)  # once: MMDiT's fixed positions take seconds
     for lora, quantize, offload in tunings:
         for ckpt in (False, True):
             s = replace(base, lora_rank=lora, quantize=quantize, offload=offload, checkpointing=ckpt,
                         lora_targets=base.lora_targets if lora else TRANSFORMER_LORA)
             if lora not in traced:  # one trace per tuning gives both checkpointing amounts
                 traced[lora] = activation_bytes(transformer_block, s, latent_channels, size_factor)
-            row = plan(transformer_block, other_parameters, s, latent_channels, size_factor, traced[lora][ckpt])
+            row = plan(transformer_block, other_parameters, s, latent_channels, size_factor, traced[lora][ckpt],
+                       transformer)
             reference = next((r for r in rows if r['switches']['lora_rank'] == lora), None)
             rows.append({'switches': _public(s), **row,
                          'saves': reference['peak'] - row['peak'] if reference else None})
@@ -242,7 +245,7 @@ def _recipe_run(cfg: Any, size: tuple[int, int] | None) -> tuple[dict[str, Any],
     backbone = model['DIFFUSION_MODEL'] = _filled('BACKBONES', model['DIFFUSION_MODEL'])
     others, source = _frozen_parameters(model)
     tuner = solver.get('TUNER') or []
-    tuner = tuner[0] if isinstance(tuner, list) else tuner
+    tuner = (tuner[0] if tuner else None) if isinstance(tuner, list) else tuner
     tuner = _filled('TUNERS', tuner) if isinstance(tuner, dict) else None  # a path: a trained adapter, no LoRA
     channels, factor, tokens = latent_geometry(model)
     image = size or model.get('IMAGE_SIZE') or (1024, 1024)

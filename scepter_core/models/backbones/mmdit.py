@@ -97,7 +97,11 @@ class MMDiT(OffloadsBlocks, TrainModule):
                               f"is supported, got {context.get('target')!r}")
         context_dim = int(dict(context.get('params') or {}).get('in_features', 4096))
         self.x_embedder = PatchEmbed(c.PATCH_SIZE, c.IN_CHANNELS, dim)
-        self.register_buffer('pos_embed', sincos_pos_embed(dim, c.POS_EMBED_MAX_SIZE, c.POS_EMBED_BASE_SIZE)[None])
+        m = c.POS_EMBED_MAX_SIZE
+        # built on the meta device (sizes, memory plans): the shape only; the values take seconds at 384
+        positions = torch.empty(1, m * m, dim) if torch.empty(0).is_meta else \
+            sincos_pos_embed(dim, m, c.POS_EMBED_BASE_SIZE)[None]
+        self.register_buffer('pos_embed', positions)
         self.t_embedder = Embedder(256, dim)
         self.y_embedder = Embedder(c.ADM_IN_CHANNELS, dim)
         self.context_embedder = nn.Linear(context_dim, dim)
