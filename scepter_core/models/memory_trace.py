@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -96,7 +97,9 @@ def _with_lora(backbone: nn.Module, s: Switches) -> nn.Module:
     """The backbone under `.model` of a holder, with the run's LoRA adapters when it has them."""
     holder = nn.Module()
     holder.model = backbone
-    if s.lora_rank:
+    pattern = re.compile(s.lora_targets)
+    if s.lora_rank and any(isinstance(m, nn.Linear) and pattern.fullmatch('model.' + n)
+                           for n, m in backbone.named_modules()):  # else: no adapter, nothing trains
         import logging
 
         from ..tuners import apply_tuners

@@ -48,7 +48,12 @@ class LatentDiffusionSolver(BaseSolver):
         from ..models.memory_plan import TEXT_FAMILY, recipe_plan_lines
         if ((self._recipe.get('MODEL') or {}).get('DIFFUSION_MODEL') or {}).get('NAME') not in TEXT_FAMILY:
             return
-        self.logger.info('\n'.join(recipe_plan_lines(self._recipe)))
+        try:
+            lines = recipe_plan_lines(self._recipe)
+        except Exception as e:  # noqa: BLE001 - a plan that cannot be made must not stop the run it describes
+            self.logger.warning(f'memory plan not made: {type(e).__name__}: {e}')
+            return
+        self.logger.info('\n'.join(lines))
 
     @property
     def sample_args(self) -> dict[str, Any]:
