@@ -70,7 +70,8 @@ def lora_row(run: Any, block: dict, base: str, ckpt: bool, offload: bool, side: 
         step()
     run.sync()
     planned = plan(block, 0, Switches(dtype='bfloat16', quantize=None if base == 'bfloat16' else base,
-                                      checkpointing=ckpt, lora_rank=16, lora_targets=LORA['TARGET_MODULES'],
+                                      offload=offload, checkpointing=ckpt, lora_rank=16,
+                                      lora_targets=LORA['TARGET_MODULES'],
                                       batch=1, size=(side, side), text_tokens=512), 16, 8)
     row = {'side': 'ours', 'base': base, 'checkpointing': ckpt, 'offload': offload,
            'step_s': (time.perf_counter() - t0) / run.args.steps, 'peak_gib': run.peak_gib(),

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import console
+from .common import SetOpt, console
 
 app = typer.Typer(help='Inspect model families and checkpoints.\n\n'
                   'Example: [cyan]scepter model info --family sdxl[/cyan]', no_args_is_help=True)
@@ -24,9 +24,12 @@ def info_cmd(path: Optional[str] = typer.Argument(None, help='A diffusers folder
              dtype: str = typer.Option('float16', '--dtype', help='Inference / frozen-weight dtype.'),
              lora_rank: int = typer.Option(64, '--lora-rank', help='Rank of the LoRA size estimate.'),
              plan: bool = typer.Option(False, '--plan', help='Flow families: peak training memory with activations '
-                                                             'for each switch (full / LoRA / int8 base, checkpointing).'),
+                                                             'for each switch (full / LoRA; bf16, int8, fp8 base; '
+                                                             'block offload; checkpointing).'),
              cfg: Optional[str] = typer.Option(None, '--cfg', '-c', help='A FLUX / SD3 training recipe: its planned '
-                                                                         'peak memory at its switches.'),
+                                                                         'peak memory for each switch, its own '
+                                                                         'row marked (as `scepter train` logs it).'),
+             overrides: Optional[list[str]] = SetOpt,
              batch: int = typer.Option(1, '--batch', help='Batch size of the --plan.'),
              size: Optional[tuple[int, int]] = typer.Option(None, '--size', help='Image height width of the plan '
                                                                                  '(default 1024 1024, or the recipe\'s).'),
@@ -42,7 +45,7 @@ def info_cmd(path: Optional[str] = typer.Argument(None, help='A diffusers folder
     from scepter_core.errors import ConfigError
     from scepter_core.models import info
     if cfg:
-        return _recipe_plan(cfg, size, as_json)
+        return _recipe_plan(cfg, overrides, size, as_json)
     if (path is None) == (family is None):
         raise ConfigError('scepter model info: give a PATH, --family or --cfg (one of them)')
     data = info.family_info(family, dtype, lora_rank) if family else info.path_info(path, dtype, lora_rank)
@@ -64,31 +67,30 @@ def info_cmd(path: Optional[str] = typer.Argument(None, help='A diffusers folder
                       _gib(c['bytes'][dtype]), f'{lora:,}' if lora is not None else '-')
     console.print(table)
     if plan:
-        _print_plan(data['plan'], f'{family}, {dtype}, batch {batch}, {tuple(size or (1024, 1024))} px')
+        from scepter_core.models.memory_plan import plan_title, Switches
+        switches = Switches(**data['plan'][0]['switches'])
+        _print_plan(data['plan'], plan_title(family, switches))
     mem = data['memory']
     console.print(f"memory ({dtype} weights; activations not included): inference {_gib(mem['inference'])}, "
                   f"full UNet fine-tune with AdamW {_gib(mem['full_training'])}, "
                   f"LoRA r{lora_rank} {_gib(mem['lora_training'])}")
 
 
-def _print_plan(rows: list[dict], title: str) -> None:
-    from rich.table import Table
-    table = Table(title=f'planned peak training memory ({title}; activations traced)')
-    for col in ('tuning', 'base', 'checkpointing', 'weights', 'grads + optimizer', 'activations', 'peak'):
-        table.add_column(col, justify='left' if col == 'tuning' else 'right', no_wrap=True)
-    for r in rows:
-        s = r['switches']
-        table.add_row(f"LoRA r{s['lora_rank']}" if s['lora_rank'] else 'full', s['quantize'] or s['dtype'],
-                      'on' if s['checkpointing'] else 'off', _gib(r['weights']),
-                      _gib(r['gradients'] + r['optimizer']), _gib(r['activations']), _gib(r['peak']))
-    console.print(table)
+def _print_plan(rows: list[dict], title: str, mark: Optional[int] = None) -> None:
+    from scepter_core.models.memory_plan import render_plan
+    for line in render_plan(rows, title, mark):
+        typer.echo(line)
 
 
-def _recipe_plan(cfg_path: str, size: Optional[tuple[int, int]], as_json: bool) -> None:
-    from scepter_core.config import Config
-    from scepter_core.models.memory_plan import recipe_plan
-    data = recipe_plan(Config.load(cfg_path), tuple(size) if size else None)
+def _recipe_plan(cfg_path: str, overrides: Optional[list[str]], size: Optional[tuple[int, int]],
+                 as_json: bool) -> None:
+    from scepter_core.models.memory_plan import recipe_plan_lines, recipe_table
+
+    from .common import load_config
+    cfg, _ = load_config(cfg_path, overrides)
+    size = tuple(size) if size else None
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        typer.echo(json.dumps(recipe_table(cfg, size), indent=2))
         return
-    _print_plan([data], f"{cfg_path}, batch {data['switches']['batch']}, {tuple(data['switches']['size'])} px")
+    for line in recipe_plan_lines(cfg, size):
+        typer.echo(line)

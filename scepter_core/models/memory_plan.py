@@ -1,175 +1,38 @@
 """Peak training memory of a flow-transformer run, planned before anything is allocated
-(`scepter model info --family flux-dev --plan`, `--cfg RECIPE`).
+(`scepter model info --family flux-dev --plan`, `--cfg RECIPE`, and the solver's log at train
+start: the same rows, rendered by `render_plan`).
 
 weights   every component resident: frozen ones in the compute dtype (int8 / fp8 QUANTIZE_BASE:
           1 byte per frozen Linear weight + one scale per output row), trained ones in fp32 (+ the
-          half-precision copies autocast makes of them under USE_AMP)
+          half-precision copies autocast makes of them under USE_AMP). OFFLOAD_BLOCKS with
+          gradient checkpointing: the blocks' frozen weights live on the CPU and one block's copy
+          is on the device at a time; without checkpointing autograd keeps every block's copy for
+          the backward (a Linear's input gradient needs its weight), so offload saves nothing.
 gradients 4 bytes per trained parameter (released after each step)
 optimizer AdamW: two fp32 moments, and one fp32 temporary of the trained size in its step
-activations what autograd keeps for the backward, traced: the transformer runs forward on the
-          meta device (nothing allocated) at the run's batch, size and text length with the run's
-          trained set (LoRA or full) and dtype, counting the bytes of every tensor autograd saves
-          (storages counted once, parameters excluded). Gradient checkpointing keeps each block's
-          inputs and, during the recomputation, one block's saved tensors. The backward's working
-          set: twice the largest tensor a block saves (its gradient and its input's); once under
-          checkpointing, where the recomputed block's tensors go as its backward uses them.
+activations what autograd keeps for the backward, traced on the meta device (memory_trace.py)
 peak      weights + moments + the larger of (activations) and (gradients + the step's temporary).
 The frozen VAE and text encoders run under no_grad before the transformer: their working set is
 freed before it starts and is not added."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import re
-from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from dataclasses import asdict, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .memory_trace import TRANSFORMER_LORA, Switches, activation_bytes, build_meta, transformer_blocks
+
 DTYPE_BYTES = {'float32': 4, 'float16': 2, 'bfloat16': 2}
-TORCH_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 ADAMW_BYTES = 12  # two fp32 moments + one fp32 temporary in the step
-TRANSFORMER_LORA = r'model\.(double_blocks|single_blocks|joint_blocks)\.\d+\.(.+\.)?' \
-                   r'(qkv|proj|linear1|linear2|lin|fc1|fc2|mlp\.[02])$'
-
-
-@dataclass(frozen=True)
-class Switches:
-    dtype: str = 'bfloat16'          # compute dtype (USE_AMP + DTYPE; float32: no AMP)
-    quantize: str | None = None      # QUANTIZE_BASE: None, 'int8', 'fp8'
-    checkpointing: bool = False      # the transformer's USE_GRAD_CHECKPOINT / USE_CHECKPOINT
-    lora_rank: int = 0               # 0: full fine-tune of the transformer
-    lora_targets: str = TRANSFORMER_LORA
-    batch: int = 1
-    size: tuple[int, int] = (1024, 1024)  # image pixels
-    text_tokens: int = 512           # text tokens the transformer sees (FLUX-dev T5: 512; SD3: 77 + 256)
-
-
-def _storage(t: torch.Tensor) -> tuple[int, int]:
-    s = t.untyped_storage()
-    return s._cdata, s.nbytes()
-
-
-class SavedBytes:
-    """Bytes autograd saves while active, storages counted once, parameters excluded;
-    per-block amounts through `block_hooks`."""
-
-    def __init__(self, module: nn.Module):
-        self.params = {_storage(p)[0] for p in module.parameters()}
-        self.seen: dict[int, int] = {}
-        self.blocks: list[tuple[int, int]] = []  # (saved bytes, input bytes) per block call
-        self.largest = 0  # the largest tensor saved inside a block
-        self._marks: list[tuple[int, int]] = []
-
-    def pack(self, t: torch.Tensor) -> torch.Tensor:
-        key, nbytes = _storage(t)
-        if key not in self.params and key not in self.seen:
-            self.seen[key] = nbytes
-            if self._marks:
-                self.largest = max(self.largest, nbytes)
-        return t
-
-    @property
-    def total(self) -> int:
-        return sum(self.seen.values())
-
-    def block_hooks(self, block: nn.Module) -> None:
-        def before(_m: nn.Module, args: tuple) -> None:
-            inputs = {_storage(a) for a in args if isinstance(a, torch.Tensor)}
-            self._marks.append((self.total, sum(n for k, n in inputs if k not in self.params)))
-
-        def after(_m: nn.Module, _args: tuple, _out: Any) -> None:
-            start, inputs = self._marks.pop()
-            self.blocks.append((self.total - start, inputs))
-        block.register_forward_pre_hook(before)
-        block.register_forward_hook(after)
-
-
-def transformer_blocks(backbone: nn.Module) -> list[nn.Module]:
-    return [b for name in ('double_blocks', 'single_blocks', 'joint_blocks') for b in getattr(backbone, name, [])]
-
-
-def backbone_inputs(backbone: nn.Module, s: Switches, latent_channels: int, size_factor: int) -> tuple:
-    """Meta inputs (x, t, cond) of a Flux or MMDiT backbone for the run's batch and size."""
-    c, (h, w) = backbone.cfg, (s.size[0] // size_factor, s.size[1] // size_factor)
-    flux = hasattr(backbone, 'double_blocks')
-    context = c.CONTEXT_IN_DIM if flux else int(dict(c.CONTEXT_EMBEDDER_CONFIG.get('params') or {}).get(
-        'in_features', 4096))
-    pooled = c.VEC_IN_DIM if flux else c.ADM_IN_CHANNELS
-    dtype = TORCH_DTYPES[s.dtype]
-    meta = dict(device='meta', dtype=dtype)
-    cond = {'crossattn': torch.empty(s.batch, s.text_tokens, context, **meta), 'y': torch.empty(s.batch, pooled, **meta),
-            'guidance': torch.full((s.batch,), 3.5, device='meta')}
-    return torch.empty(s.batch, latent_channels, h, w, **meta), torch.full((s.batch,), 500.0, device='meta'), cond
-
-
-def _with_lora(backbone: nn.Module, s: Switches) -> nn.Module:
-    """The backbone under `.model` of a holder, with the run's LoRA adapters when it has them."""
-    holder = nn.Module()
-    holder.model = backbone
-    if s.lora_rank:
-        from ..tuners import apply_tuners
-        import logging
-        apply_tuners(holder, [{'NAME': 'SwiftLoRA', 'R': s.lora_rank, 'LORA_ALPHA': s.lora_rank,
-                               'TARGET_MODULES': s.lora_targets}], logging.getLogger('scepter.plan'))
-    return holder
-
-
-def build_meta(block: dict[str, Any]) -> nn.Module:
-    """The transformer of a BACKBONES block on the meta device, without its weights file."""
-    from ..registry import BACKBONES
-    block = copy.deepcopy(block)
-    for key in ('USE_GRAD_CHECKPOINT', 'USE_CHECKPOINT', 'OFFLOAD_BLOCKS', 'PRETRAINED_MODEL'):
-        block.pop(key, None)
-    with torch.device('meta'):
-        return BACKBONES.build(block).to('meta')  # MMDiT's fixed positions are made on the CPU
-
-
-@contextlib.contextmanager
-def _flash_attention() -> Iterator[None]:
-    """SDPA as flash attention for the trace: on the meta device SDPA takes the math path, which
-    saves the [L, L] attention weights; GPUs (and torch's CPU flash kernel) save q, k, v, the
-    output and the log-sum-exp only."""
-    sdpa = F.scaled_dot_product_attention
-
-    def flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Any = None, dropout_p: float = 0.0,
-              is_causal: bool = False, scale: float | None = None, **kw: Any) -> torch.Tensor:
-        if attn_mask is not None or dropout_p:
-            return sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kw)
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, is_causal=is_causal,
-                                                                            scale=scale)[0]
-    F.scaled_dot_product_attention = flash
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = sdpa
-
-
-def activation_bytes(block: dict[str, Any], s: Switches, latent_channels: int, size_factor: int) -> dict[str, int]:
-    """{'saved': bytes autograd keeps through the forward, 'working': the backward's extra} of
-    the transformer `block` (a BACKBONES block) traced on the meta device."""
-    backbone = build_meta(block)
-    holder = _with_lora(backbone, s)
-    if not s.lora_rank:
-        backbone.requires_grad_(True)
-    if s.dtype != 'float32':  # autocast computes (and saves) in the compute dtype
-        holder.to(TORCH_DTYPES[s.dtype])
-    counter = SavedBytes(holder)
-    for b in transformer_blocks(backbone):
-        counter.block_hooks(b)
-    backbone.train()
-    with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t), _flash_attention():
-        backbone(*backbone_inputs(backbone, s, latent_channels, size_factor))
-    working = 2 * counter.largest  # a block's backward: the gradients of its largest activation and input
-    if not s.checkpointing:
-        return {'saved': counter.total, 'working': working}
-    per_block = max((saved for saved, _ in counter.blocks), default=0)
-    outside = counter.total - sum(saved for saved, _ in counter.blocks)
-    inputs = sum(n for _, n in counter.blocks)
-    # the recomputed block's tensors are released as its backward consumes them: one gradient more
-    return {'saved': outside + inputs + per_block, 'working': counter.largest}
+DEFAULT_LORA_RANK = 16  # the LoRA rows of a full fine-tune recipe's table
+GIB = 2 ** 30
+__all__ = ['Switches', 'TRANSFORMER_LORA', 'plan', 'switch_table', 'render_plan', 'family_plan', 'recipe_plan',
+           'recipe_table', 'recipe_plan_lines']
 
 
 def _quantized_bytes(module: nn.Module, dtype_bytes: int) -> int:
@@ -184,22 +47,32 @@ def _quantized_bytes(module: nn.Module, dtype_bytes: int) -> int:
     return total
 
 
-def plan(transformer_block: dict[str, Any], other_parameters: int, s: Switches, latent_channels: int,
-         size_factor: int) -> dict[str, int]:
-    """Planned bytes of one training run (weights, gradients, optimizer, activations, peak) of
-    the transformer `transformer_block` beside `other_parameters` frozen ones (VAE, text encoders)."""
+def _frozen_bytes(module: nn.Module, s: Switches) -> int:
     size = DTYPE_BYTES[s.dtype]
-    transformer = build_meta(transformer_block)
-    n_transformer = sum(p.numel() for p in transformer.parameters())
+    return _quantized_bytes(module, size) if s.quantize else sum(p.numel() for p in module.parameters()) * size
+
+
+def plan(transformer_block: dict[str, Any], other_parameters: int, s: Switches, latent_channels: int,
+         size_factor: int, activations: dict[str, int] | None = None,
+         transformer: nn.Module | None = None) -> dict[str, int]:
+    """Planned bytes of one training run (weights, gradients, optimizer, activations, peak) of
+    the transformer `transformer_block` beside `other_parameters` frozen ones (VAE, text encoders).
+    `activations`: this run's {'saved', 'working'} when already traced (they do not depend on
+    QUANTIZE_BASE or OFFLOAD_BLOCKS); `transformer`: the block built on the meta device, if it is."""
+    size = DTYPE_BYTES[s.dtype]
+    transformer = transformer if transformer is not None else build_meta(transformer_block)
     if s.lora_rank:
         pattern = re.compile(s.lora_targets)  # as peft matches it: the whole name in the network
         trained = sum(s.lora_rank * (m.in_features + m.out_features) for n, m in transformer.named_modules()
                       if isinstance(m, nn.Linear) and pattern.fullmatch('model.' + n))
-        base = _quantized_bytes(transformer, size) if s.quantize else n_transformer * size
-    else:
-        trained, base = n_transformer, 0
+        base = _frozen_bytes(transformer, s)
+        if s.offload and s.checkpointing:  # one block's frozen copy on the device instead of all
+            blocks = [_frozen_bytes(b, s) for b in transformer_blocks(transformer)]
+            base += max(blocks, default=0) - sum(blocks)
+    else:  # nothing of the transformer is frozen: QUANTIZE_BASE and OFFLOAD_BLOCKS change nothing
+        trained, base = sum(p.numel() for p in transformer.parameters()), 0
     weights = base + trained * 4 + (trained * size if size < 4 else 0) + other_parameters * size
-    act = activation_bytes(transformer_block, s, latent_channels, size_factor)
+    act = activations or activation_bytes(transformer_block, s, latent_channels, size_factor)[s.checkpointing]
     out = {'weights': weights, 'gradients': trained * 4, 'optimizer': trained * ADAMW_BYTES,
            'activations': act['saved'] + act['working'], 'trained_parameters': trained}
     # Two moments stay; the forward's activations and the step's gradients + temporary never
@@ -209,16 +82,63 @@ def plan(transformer_block: dict[str, Any], other_parameters: int, s: Switches, 
     return out
 
 
+def _public(s: Switches) -> dict[str, Any]:
+    return {k: v for k, v in asdict(s).items() if k != 'lora_targets'}
+
+
 def switch_table(transformer_block: dict[str, Any], other_parameters: int, base: Switches, latent_channels: int,
                  size_factor: int, lora_rank: int) -> list[dict[str, Any]]:
-    """The plan for each switch: full / LoRA (dtype or int8 base), checkpointing off / on."""
-    rows = []
-    for lora, quantize in ((0, None), (lora_rank, None), (lora_rank, 'int8')):
+    """The plan for each switch: full fine-tune; LoRA on a base in the compute dtype, int8 or fp8
+    (fp8: CUDA GPUs of compute capability 8.9+), each with OFFLOAD_BLOCKS off / on; each of these
+    with checkpointing off / on. `saves`: the peak below the same tuning with no switch on (None:
+    that row itself)."""
+    tunings = [(0, None, False)] + [(lora_rank, q, o) for q in (None, 'int8', 'fp8') for o in (False, True)]
+    traced: dict[int, dict[bool, dict[str, int]]] = {}
+    rows: list[dict[str, Any]] = []
+    transformer = build_meta(transformer_block)  # once: MMDiT's fixed positions take seconds
+    for lora, quantize, offload in tunings:
         for ckpt in (False, True):
-            s = Switches(**{**asdict(base), 'lora_rank': lora, 'quantize': quantize, 'checkpointing': ckpt})
-            rows.append({'switches': {k: v for k, v in asdict(s).items() if k != 'lora_targets'},
-                         **plan(transformer_block, other_parameters, s, latent_channels, size_factor)})
+            s = replace(base, lora_rank=lora, quantize=quantize, offload=offload, checkpointing=ckpt,
+                        lora_targets=base.lora_targets if lora else TRANSFORMER_LORA)
+            if lora not in traced:  # one trace per tuning gives both checkpointing amounts
+                traced[lora] = activation_bytes(transformer_block, s, latent_channels, size_factor)
+            row = plan(transformer_block, other_parameters, s, latent_channels, size_factor, traced[lora][ckpt],
+                       transformer)
+            reference = next((r for r in rows if r['switches']['lora_rank'] == lora), None)
+            rows.append({'switches': _public(s), **row,
+                         'saves': reference['peak'] - row['peak'] if reference else None})
     return rows
+
+
+def _row_index(rows: list[dict[str, Any]], s: Switches) -> int:
+    """The row of `rows` with the switches of run `s`."""
+    keys = ('lora_rank', 'quantize', 'offload', 'checkpointing') if s.lora_rank else ('lora_rank', 'checkpointing')
+    want = _public(s)
+    return next(i for i, r in enumerate(rows) if all(r['switches'][k] == want[k] for k in keys))
+
+
+def render_plan(rows: list[dict[str, Any]], title: str, mark: int | None = None) -> list[str]:
+    """The plan's rows as text lines, in GiB (MiB when every peak is under 1 GiB: tiny runs), two
+    decimals: what `scepter model info` prints and the solver logs. `mark`: the index of the row
+    of the run at hand."""
+    unit, div = ('GiB', GIB) if max(r['peak'] for r in rows) >= GIB else ('MiB', 2 ** 20)
+    fmt = '{:<9} {:<9} {:<7} {:<13} {:>8} {:>11} {:>11} {:>8} {:>6}'
+    lines = [f'planned peak training memory, {unit} ({title})',
+             fmt.format('tuning', 'base', 'offload', 'checkpointing', 'weights', 'grads+optim', 'activations',
+                        'peak', 'saves')]
+    for i, r in enumerate(rows):
+        s = r['switches']
+        cells = (f"LoRA r{s['lora_rank']}" if s['lora_rank'] else 'full', s['quantize'] or s['dtype'],
+                 'on' if s['offload'] else 'off', 'on' if s['checkpointing'] else 'off', f"{r['weights'] / div:.2f}",
+                 f"{(r['gradients'] + r['optimizer']) / div:.2f}", f"{r['activations'] / div:.2f}",
+                 f"{r['peak'] / div:.2f}", f"{r['saves'] / div:.2f}" if r.get('saves') is not None else '-')
+        lines.append(fmt.format(*cells) + ('  <- this recipe' if i == mark else ''))
+    return lines
+
+
+def plan_title(name: str, s: Switches) -> str:
+    return (f'{name}: {s.dtype}, batch {s.batch}, {s.size[0]}x{s.size[1]} px, {s.text_tokens} text tokens; '
+            f'activations traced on the meta device')
 
 
 # ---- the plan of a family (`--family`) or a recipe (`--cfg`) ---------------------------------
@@ -242,57 +162,128 @@ def latent_geometry(model: dict[str, Any]) -> tuple[int, int, int]:
 
 def family_plan(name: str, dtype: str, lora_rank: int, batch: int, size: tuple[int, int]) -> list[dict[str, Any]]:
     """The switch table of a flow family of the table (flux-dev, flux-schnell, sd35-*)."""
-    from .family_table import family
-    from .info import build_components
     from ..errors import ConfigError
+    from .family_table import family
     entry = family(name)
     if 'transformer' not in entry['components']:
         raise ConfigError(f"--plan: '{name}' is not a flow-transformer family (flux-dev, flux-schnell, sd35-medium, "
                           f'sd35-large)')
-    others = sum(p.numel() for k, m in build_components(name).items() if k != 'transformer' for p in m.parameters())
     channels, factor, tokens = latent_geometry(entry['model'])
     base = Switches(dtype=dtype, batch=batch, size=size, text_tokens=tokens)
-    return switch_table(entry['model']['DIFFUSION_MODEL'], others, base, channels, factor, lora_rank)
+    return switch_table(entry['model']['DIFFUSION_MODEL'], _published_frozen(name), base, channels, factor, lora_rank)
 
 
-def _encoder_parameters(block: dict[str, Any]) -> int:
-    """Parameters of a text encoder block, from its folder's safetensors headers (or CONFIG)."""
-    from pathlib import Path
+@lru_cache(maxsize=None)
+def _published_counts(name: str) -> dict[str, int]:
+    from .info import build_components
+    return {k: sum(p.numel() for p in m.parameters()) for k, m in build_components(name).items()}
 
+
+def _published_frozen(name: str) -> int:
+    """Parameters of the family's VAE and text encoders, as published."""
+    return sum(n for k, n in _published_counts(name).items() if k != 'transformer')
+
+
+# The text encoders of a recipe without their files: the published ones of its family (the same
+# T5-XXL and CLIP for FLUX dev / schnell, and for SD3.5 medium / large).
+TEXT_FAMILY = {'Flux': 'flux-dev', 'MMDiT': 'sd35-medium'}
+
+
+def _file_parameters(block: Any) -> int | None:
+    """Parameters of an encoder block's weights on this machine (safetensors headers), or None."""
+    from ..fs import FS
     from .info import _header_counts
-    counted = 0
-    for key, value in block.items():
-        if isinstance(value, dict) and 'NAME' in value:
-            counted += _encoder_parameters(value)
-    path = block.get('MODEL_PATH') or (block.get('PRETRAINED_MODEL') if block.get('NAME') != 'Flux' else None)
-    if path and Path(str(path)).is_dir():
-        counted += sum(_header_counts(sorted(Path(str(path)).glob('*.safetensors'))).values())
-    return counted
+    path = block.get('MODEL_PATH') or block.get('PRETRAINED_MODEL') if isinstance(block, dict) else None
+    local = Path(FS.local_or_none(str(path)) or '') if path else None
+    files = sorted(local.glob('*.safetensors')) if local and local.is_dir() else [local] if local and \
+        local.suffix == '.safetensors' and local.is_file() else []
+    return sum(_header_counts(files).values()) if files else None
+
+
+def _frozen_parameters(model: dict[str, Any]) -> tuple[int, str]:
+    """(parameters of the recipe's frozen VAE and text encoders, where the encoders' came from)."""
+    import torch
+
+    from .family_table import component_block, family
+    from ..registry import MODELS
+    vae = {k: v for k, v in model['FIRST_STAGE_MODEL'].items() if k != 'PRETRAINED_MODEL'}
+    with torch.device('meta'):
+        total = sum(p.numel() for p in MODELS.build(vae).parameters())
+    name = TEXT_FAMILY[model['DIFFUSION_MODEL']['NAME']]
+    sources = set()
+    for folder, where in family(name)['components'].items():
+        if not folder.startswith('text_encoder'):
+            continue
+        try:
+            counted = _file_parameters(component_block(model, where))
+        except (KeyError, IndexError, TypeError):  # the recipe names its encoders otherwise
+            counted = None
+        sources.add('their files' if counted is not None else f'{name} as published (no files here)')
+        total += counted if counted is not None else _published_counts(name)[folder]
+    return total, ' and '.join(sorted(sources))
+
+
+def _filled(registry: str, block: Any) -> dict[str, Any]:
+    """A copy of a config block with its class's defaults filled (as building it fills them), so
+    that a recipe as read and the solver's built config plan the same."""
+    from ..config import Config
+    from ..params import fill_defaults
+    from ..registry import REGISTRIES
+    plain = block.to_dict() if hasattr(block, 'to_dict') else copy.deepcopy(dict(block))
+    return fill_defaults(REGISTRIES[registry].get(plain['NAME']), Config(plain)).to_dict()
+
+
+def _recipe_run(cfg: Any, size: tuple[int, int] | None) -> tuple[dict[str, Any], int, str, Switches, int, int]:
+    """(transformer block, frozen parameters, their source, the run's switches, latent channels,
+    pixels per latent cell) of a recipe (the whole recipe or its SOLVER block)."""
+    from ..errors import ConfigError
+    solver = cfg['SOLVER'] if 'SOLVER' in cfg else cfg
+    solver = _filled('SOLVERS', solver)
+    model = _filled('MODELS', solver['MODEL'])
+    if (model.get('DIFFUSION_MODEL') or {}).get('NAME') not in TEXT_FAMILY:
+        raise ConfigError("plan: 'SOLVER.MODEL.DIFFUSION_MODEL' is not a flow transformer (Flux, MMDiT)")
+    backbone = model['DIFFUSION_MODEL'] = _filled('BACKBONES', model['DIFFUSION_MODEL'])
+    others, source = _frozen_parameters(model)
+    tuner = solver.get('TUNER') or []
+    tuner = (tuner[0] if tuner else None) if isinstance(tuner, list) else tuner
+    tuner = _filled('TUNERS', tuner) if isinstance(tuner, dict) else None  # a path: a trained adapter, no LoRA
+    channels, factor, tokens = latent_geometry(model)
+    image = size or model.get('IMAGE_SIZE') or (1024, 1024)
+    s = Switches(dtype=solver['DTYPE'] if solver['USE_AMP'] else 'float32', quantize=solver['QUANTIZE_BASE'],
+                 offload=bool(backbone.get('OFFLOAD_BLOCKS')), lora_rank=int(tuner['R']) if tuner else 0,
+                 lora_targets=tuner['TARGET_MODULES'] if tuner else TRANSFORMER_LORA,
+                 checkpointing=bool(backbone.get('USE_GRAD_CHECKPOINT') or backbone.get('USE_CHECKPOINT')),
+                 batch=int(_filled('DATASETS', solver['TRAIN_DATA'])['BATCH_SIZE']) if solver.get('TRAIN_DATA') else 1,
+                 size=tuple(image) if isinstance(image, (list, tuple)) else (int(image), int(image)),
+                 text_tokens=tokens)
+    if not s.lora_rank:  # nothing of the transformer is frozen: the switches of a frozen base do nothing
+        s = replace(s, quantize=None, offload=False)
+    return backbone, others, source, s, channels, factor
+
+
+def recipe_table(cfg: Any, size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The switch table ('rows') at a recipe's dtype, batch, LoRA rank and targets and `size`
+    pixels (default: the model's IMAGE_SIZE); 'mark': the index of the recipe's own row (its
+    QUANTIZE_BASE, OFFLOAD_BLOCKS, checkpointing); 'frozen_parameters' of the VAE and text
+    encoders and 'source': where the encoders' sizes came from."""
+    backbone, others, source, s, channels, factor = _recipe_run(cfg, size)
+    rows = switch_table(backbone, others, s, channels, factor, s.lora_rank or DEFAULT_LORA_RANK)
+    return {'rows': rows, 'mark': _row_index(rows, s), 'frozen_parameters': others, 'source': source,
+            'switches': _public(s)}
 
 
 def recipe_plan(cfg: Any, size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """The plan of a recipe's run: its switches (USE_AMP / DTYPE, QUANTIZE_BASE, the tuner's rank
-    and targets, the transformer's checkpointing, TRAIN_DATA.BATCH_SIZE) at `size` pixels
-    (default: the model's IMAGE_SIZE)."""
-    from ..errors import ConfigError
-    from ..registry import MODELS
+    """The plan of a recipe's own run (its row of `recipe_table`, planned alone)."""
+    backbone, others, _, s, channels, factor = _recipe_run(cfg, size)
+    return {'switches': _public(s), **plan(backbone, others, s, channels, factor)}
+
+
+def recipe_plan_lines(cfg: Any, size: tuple[int, int] | None = None) -> list[str]:
+    """The rendered table of a recipe, its row marked: `scepter model info --cfg` prints these
+    lines and the solver logs them at train start."""
+    table = recipe_table(cfg, size)
+    s = Switches(**table['switches'])
     solver = cfg['SOLVER'] if 'SOLVER' in cfg else cfg
-    model = dict(solver['MODEL'].to_dict() if hasattr(solver['MODEL'], 'to_dict') else solver['MODEL'])
-    backbone = model.get('DIFFUSION_MODEL') or {}
-    if backbone.get('NAME') not in ('Flux', 'MMDiT'):
-        raise ConfigError("plan: 'SOLVER.MODEL.DIFFUSION_MODEL' is not a flow transformer (Flux, MMDiT)")
-    vae = {k: v for k, v in model['FIRST_STAGE_MODEL'].items() if k != 'PRETRAINED_MODEL'}
-    with torch.device('meta'):
-        vae_parameters = sum(p.numel() for p in MODELS.build(vae).parameters())
-    others = vae_parameters + _encoder_parameters(model.get('COND_STAGE_MODEL') or {})
-    tuner = solver.get('TUNER') or []
-    tuner = (tuner[0] if isinstance(tuner, list) else tuner) if tuner else None
-    channels, factor, tokens = latent_geometry(model)
-    s = Switches(dtype=solver.get('DTYPE', 'float32') if solver.get('USE_AMP') else 'float32',
-                 quantize=solver.get('QUANTIZE_BASE'), lora_rank=int(tuner['R']) if tuner else 0,
-                 lora_targets=tuner['TARGET_MODULES'] if tuner else TRANSFORMER_LORA,
-                 checkpointing=bool(backbone.get('USE_GRAD_CHECKPOINT') or backbone.get('USE_CHECKPOINT')),
-                 batch=int(solver['TRAIN_DATA'].get('BATCH_SIZE', 1)),
-                 size=tuple(size or model.get('IMAGE_SIZE') or (1024, 1024)), text_tokens=tokens)
-    return {'switches': {k: v for k, v in asdict(s).items() if k != 'lora_targets'},
-            **plan(backbone, others, s, channels, factor)}
+    name = f"{solver['MODEL']['NAME']} over {solver['MODEL']['DIFFUSION_MODEL']['NAME']}"
+    return render_plan(table['rows'], plan_title(name, s), table['mark']) + [
+        f"frozen VAE and text encoders: {table['frozen_parameters']:,} parameters (text encoders: {table['source']})"]

@@ -35,6 +35,25 @@ class LatentDiffusionSolver(BaseSolver):
     def __init__(self, cfg: Config | dict, logger: logging.Logger | None = None, mode: str = 'train'):
         super().__init__(cfg, logger, mode)
         self.eval_outputs: list[dict[str, Any]] = []
+        self._recipe = self.cfg.deepcopy()  # as given: building the parts fills and changes their blocks
+
+    def begin_train(self) -> None:
+        if we.is_main:
+            self.log_memory_plan()
+        super().begin_train()  # last: it restores the RNG state
+
+    def log_memory_plan(self) -> None:
+        """The planned peak memory of a flow-transformer run (the table `scepter model info --cfg`
+        prints), one log block; other networks have no plan."""
+        from ..models.memory_plan import TEXT_FAMILY, recipe_plan_lines
+        if ((self._recipe.get('MODEL') or {}).get('DIFFUSION_MODEL') or {}).get('NAME') not in TEXT_FAMILY:
+            return
+        try:
+            lines = recipe_plan_lines(self._recipe)
+        except Exception as e:  # noqa: BLE001 - a plan that cannot be made must not stop the run it describes
+            self.logger.warning(f'memory plan not made: {type(e).__name__}: {e}')
+            return
+        self.logger.info('\n'.join(lines))
 
     @property
     def sample_args(self) -> dict[str, Any]:

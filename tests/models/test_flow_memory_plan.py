@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from e2e.conftest import tiny_recipe
-from models.tiny_flow import tiny_flux_network
+from models.tiny_flow import TINY_FLUX, tiny_flux_network
 
 from scepter_core.models.memory_plan import recipe_plan
 
@@ -76,3 +77,32 @@ def test_planned_peak_memory_matches_the_measured_rss_of_a_real_run(tmp_path, sw
     print(json.dumps({'switch': switch, 'planned_mib': planned / 2 ** 20, 'measured_mib': measured / 2 ** 20}))
     assert planned > 20 * empty_run[0]  # the transformer's part dominates what is compared
     assert abs(measured - planned) <= 0.15 * planned, (measured / 2 ** 20, planned / 2 ** 20)
+
+
+@pytest.mark.timeout(300)
+def test_the_switch_table_has_a_row_for_each_combination_with_what_it_saves():
+    from scepter_core.models.memory_plan import Switches, switch_table
+    from scepter_core.registry import BACKBONES
+    block = {**TINY_FLUX, **WIDE}
+    base = Switches(dtype='bfloat16', batch=2, size=(128, 128), text_tokens=12)
+    rows = switch_table(block, 1000, base, 4, 2, 8)
+    by = {(r['switches']['lora_rank'], r['switches']['quantize'], r['switches']['offload'],
+           r['switches']['checkpointing']): r for r in rows}
+    assert len(by) == len(rows) == 14
+    # the blocks' frozen bf16 bytes, from the built model: offload (with checkpointing) keeps one block's
+    model = BACKBONES.build(dict(block)).to(torch.bfloat16)
+    blocks = [sum(p.numel() * 2 for p in b.parameters()) for b in [*model.double_blocks, *model.single_blocks]]
+    for quantize in (None, 'int8', 'fp8'):
+        plain, offloaded = by[(8, quantize, False, True)], by[(8, quantize, True, True)]
+        if quantize is None:
+            assert plain['weights'] - offloaded['weights'] == sum(blocks) - max(blocks)
+        else:
+            assert offloaded['weights'] < plain['weights'] < by[(8, None, False, True)]['weights']
+        # without checkpointing autograd keeps every block's fetched weights: nothing saved
+        assert by[(8, quantize, True, False)]['peak'] == by[(8, quantize, False, False)]['peak']
+    assert by[(8, 'fp8', True, True)]['peak'] == by[(8, 'int8', True, True)]['peak']  # both 1 byte + scales
+    for r in rows:
+        s = r['switches']
+        reference = by[(s['lora_rank'], None, False, False)]
+        assert r['saves'] == (None if r is reference else reference['peak'] - r['peak'])
+    assert by[(8, 'int8', True, True)]['saves'] > by[(8, 'int8', False, True)]['saves'] > 0

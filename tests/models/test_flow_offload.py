@@ -88,3 +88,64 @@ def test_lora_gradients_through_offloaded_checkpointed_blocks_equal_the_plain_on
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.timeout(300)
+def test_lora_step_on_an_int8_base_with_offloaded_checkpointed_blocks():
+    """Both memory switches at once: the frozen base in int8 (torchao) and its blocks offloaded.
+    The adapters' gradients equal those of the int8 base without offload, AdamW moves them, and
+    every block's base weights stay int8 in the CPU stores after the step."""
+    from scepter_core.models.quantize import quantize_frozen
+    from scepter_core.registry import OPTIMIZERS
+    block, (channels, context, pooled), targets = CASES['flux']
+    grads = []
+    for switches in ({'USE_GRAD_CHECKPOINT': True}, {'USE_GRAD_CHECKPOINT': True, 'OFFLOAD_BLOCKS': True}):
+        net = Net(block, **switches).requires_grad_(False)
+        assert quantize_frozen(net, 'int8').layers > 0
+        net = apply_tuners(net, [{'NAME': 'SwiftLoRA', 'R': 2, 'LORA_ALPHA': 2, 'TARGET_MODULES': targets}])
+        with torch.no_grad():
+            for n, p in net.named_parameters():
+                if 'lora_B' in n:
+                    p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(n)))
+        trained = {n: p for n, p in net.named_parameters() if p.requires_grad}
+        assert trained and all('lora_' in n for n in trained)
+        optimizer = OPTIMIZERS.build({'NAME': 'AdamW', 'LEARNING_RATE': 1e-2}, parameters=list(trained.values()))
+        before = {n: p.detach().clone() for n, p in trained.items()}
+        net.train()
+        net.model(*inputs(channels, context, pooled)).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in trained.items()})
+        optimizer.step()
+        assert all(not torch.equal(before[n], p.detach()) for n, p in trained.items() if 'lora_B' in n)
+    offload = net.model.offload
+    assert offload.fetches == 2 * len(blocks(net.model))  # forward and recomputation, block by block
+    stored = [t for b in blocks(net.model) for m, n, is_param, t in offload.stores[id(b)] if is_param]
+    int8 = [t for t in stored if 'torchao' in type(t).__module__]
+    assert int8 and all(t.device.type == 'cpu' and not t.requires_grad for t in int8)
+    assert all(m._parameters[n] is t for b in blocks(net.model) for m, n, p, t in offload.stores[id(b)] if p)
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():  # the same int8 kernels on the same weights: equal on one thread
+        assert torch.count_nonzero(g) > 0, name
+        torch.testing.assert_close(grads[1][name], g, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_moving_an_offloaded_model_converts_its_frozen_blocks_on_the_cpu_one_by_one(case):
+    """`.to()` of a model with OFFLOAD_BLOCKS (the solver moves it to the device) leaves the
+    blocks' frozen tensors on the CPU: they go through the conversion after the rest, one at a
+    time (on a GPU: one block tensor on the device at once), and the model still computes."""
+    block, (channels, context, pooled), _ = CASES[case]
+    plain, offloaded = (Net(block, **s).model.eval().requires_grad_(False) for s in ({}, {'OFFLOAD_BLOCKS': True}))
+    frozen = {id(t) for b in blocks(offloaded) for t in [*b.parameters(), *b.buffers()]}
+    seen: list[bool] = []
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        seen.append(id(t) in frozen)
+        return t.to(torch.float64)
+    offloaded._apply(convert)
+    assert seen.count(True) == len(frozen) and seen[-len(frozen):] == [True] * len(frozen)
+    assert all(t.dtype == torch.float64 and t.device.type == 'cpu' and not t.requires_grad
+               for b in blocks(offloaded) for t in b.parameters())
+    with torch.no_grad():
+        expected = plain.to(torch.float64)(*inputs(channels, context, pooled))
+        out = offloaded(*inputs(channels, context, pooled))
+    assert torch.equal(out, expected) and offloaded.offload.fetches == len(blocks(offloaded))

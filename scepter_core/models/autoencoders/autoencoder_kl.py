@@ -146,6 +146,10 @@ class AutoencoderKLFlux(AutoencoderKL):
     latent shift besides the scale; the diffusion sees (z - SHIFT_FACTOR) * SCALE_FACTOR."""
 
     para_dict = {
+        'ENCODER': {'value': {'NAME': 'Encoder', 'Z_CHANNELS': 16}, 'registry': 'BACKBONES', 'description':
+                    'Encoder block (16 latent channels).'},
+        'DECODER': {'value': {'NAME': 'Decoder', 'Z_CHANNELS': 16}, 'registry': 'BACKBONES', 'description':
+                    'Decoder block (16 latent channels).'},
         'EMBED_DIM': {'value': 16, 'description': 'Latent channels.'},
         'USE_CONV': {'value': False, 'description': 'quant_conv / post_quant_conv (absent in this VAE).'},
         'SCALE_FACTOR': {'value': 0.3611, 'description': 'Latent scale (FLUX 0.3611, SD3 1.5305).'},

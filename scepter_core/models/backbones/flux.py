@@ -18,7 +18,7 @@ from ...config import Config
 from ...errors import ConfigError
 from ...registry import BACKBONES
 from ..base import TrainModule
-from .offload import BlockOffload, run_block
+from .offload import BlockOffload, OffloadsBlocks, run_block
 from .flux_blocks import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, rope_table, timestep_embedding
 
 
@@ -45,7 +45,7 @@ def image_ids(h: int, w: int, batch: int, device: torch.device) -> torch.Tensor:
 
 
 @BACKBONES.register_class()
-class Flux(TrainModule):
+class Flux(OffloadsBlocks, TrainModule):
     """Double-stream then single-stream blocks over text and 2x2-packed image tokens."""
 
     para_dict = {
@@ -112,6 +112,9 @@ class Flux(TrainModule):
             vec = vec + self.guidance_in(timestep_embedding(g * 1000).to(dtype))
         return vec
 
+    def offload_blocks(self) -> list[nn.Module]:
+        return [*self.double_blocks, *self.single_blocks]
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None, **kwargs: Any) -> torch.Tensor:
         """Velocity for the latent x [B, C, H, W] at t [B] (s * 1000). cond: 'crossattn' (or
         'context') text tokens [B, L, CONTEXT_IN_DIM], 'y' pooled [B, VEC_IN_DIM], 'guidance'."""
@@ -126,7 +129,7 @@ class Flux(TrainModule):
                          image_ids(h // p, w // p, x.shape[0], x.device)], dim=1)
         table = rope_table(ids, list(self.cfg.AXES_DIM), float(self.cfg.THETA))
         if self.offload is not None:
-            self.offload.prepare([*self.double_blocks, *self.single_blocks])
+            self.offload.prepare(self.offload_blocks())
         for block in self.double_blocks:
             img, txt = self._run(block, img, txt, vec, table)
         tokens = torch.cat([txt, img], dim=1)

@@ -19,7 +19,7 @@ from ...registry import BACKBONES
 from ..base import TrainModule
 from .flux_blocks import LastLayer, MLPEmbedder, timestep_embedding
 from .mmdit_blocks import JointBlock
-from .offload import BlockOffload, run_block
+from .offload import BlockOffload, OffloadsBlocks, run_block
 
 
 def sincos_pos_embed(dim: int, grid: int, base: int) -> torch.Tensor:
@@ -55,7 +55,7 @@ class PatchEmbed(nn.Module):
 
 
 @BACKBONES.register_class()
-class MMDiT(TrainModule):
+class MMDiT(OffloadsBlocks, TrainModule):
     """Joint text-image transformer over PATCH_SIZE patches of the latent."""
 
     para_dict = {
@@ -97,7 +97,11 @@ class MMDiT(TrainModule):
                               f"is supported, got {context.get('target')!r}")
         context_dim = int(dict(context.get('params') or {}).get('in_features', 4096))
         self.x_embedder = PatchEmbed(c.PATCH_SIZE, c.IN_CHANNELS, dim)
-        self.register_buffer('pos_embed', sincos_pos_embed(dim, c.POS_EMBED_MAX_SIZE, c.POS_EMBED_BASE_SIZE)[None])
+        m = c.POS_EMBED_MAX_SIZE
+        # built on the meta device (sizes, memory plans): the shape only; the values take seconds at 384
+        positions = torch.empty(1, m * m, dim) if torch.empty(0).is_meta else \
+            sincos_pos_embed(dim, m, c.POS_EMBED_BASE_SIZE)[None]
+        self.register_buffer('pos_embed', positions)
         self.t_embedder = Embedder(256, dim)
         self.y_embedder = Embedder(c.ADM_IN_CHANNELS, dim)
         self.context_embedder = nn.Linear(context_dim, dim)
@@ -121,6 +125,9 @@ class MMDiT(TrainModule):
         grid = self.pos_embed.view(1, m, m, -1)[:, top:top + h, left:left + w]
         return grid.reshape(1, h * w, -1)
 
+    def offload_blocks(self) -> list[nn.Module]:
+        return list(self.joint_blocks)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None, **kwargs: Any) -> torch.Tensor:
         """Velocity for the latent x [B, C, H, W] at t [B] (s * 1000). cond: 'crossattn' text
         tokens [B, L, in_features] and 'y' pooled text [B, ADM_IN_CHANNELS]."""
@@ -132,7 +139,7 @@ class MMDiT(TrainModule):
         c = self.t_embedder(timestep_embedding(t).to(dtype)) + self.y_embedder(cond['y'].to(dtype))
         context = self.context_embedder(cond.get('crossattn', cond.get('context')).to(dtype))
         if self.offload is not None:
-            self.offload.prepare(list(self.joint_blocks))
+            self.offload.prepare(self.offload_blocks())
         for block in self.joint_blocks:
             context, tokens = run_block(self, block, self.cfg.USE_CHECKPOINT, self.offload, x.device, context, tokens, c)
         out = self.final_layer(tokens, c).view(x.shape[0], h // p, w // p, p, p, -1)

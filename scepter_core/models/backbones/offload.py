@@ -69,6 +69,47 @@ class BlockOffload:
                 getattr(module, '_parameters' if is_param else '_buffers')[name] = cpu
 
 
+    def apply(self, blocks: list[nn.Module], fn: Callable[[torch.Tensor], torch.Tensor],
+              apply_rest: Callable[[], Any]) -> Any:
+        """The owner's Module._apply (`.to(device)`, `.to(dtype)`) with the blocks' frozen tensors
+        kept on the CPU: `apply_rest` converts everything else; each frozen tensor goes through
+        `fn` alone and back to the CPU, so moving a model to a GPU never holds every block there."""
+        held = [(m, n, p, _slots(m, p)[n]) for b in blocks for m, n, p in _frozen_slots(b)]
+        for m, n, p, _ in held:
+            _slots(m, p)[n] = None  # Module._apply skips empty slots
+        try:
+            out = apply_rest()
+        except BaseException:
+            for m, n, p, t in held:
+                _slots(m, p)[n] = t
+            raise
+        for m, n, p, t in held:
+            with torch.no_grad():
+                new = fn(t)
+                new = new.to('cpu') if new.device.type != 'cpu' else new
+            _slots(m, p)[n] = nn.Parameter(new, requires_grad=False) if p else new
+        return out
+
+
+def _slots(module: nn.Module, is_param: bool) -> dict[str, Any]:
+    return module._parameters if is_param else module._buffers
+
+
+class OffloadsBlocks:
+    """Mixin of a transformer with OFFLOAD_BLOCKS (`self.offload`): moving it (`.to(device)`)
+    leaves its blocks' frozen tensors on the CPU, where the offload fetches them from."""
+    offload: BlockOffload | None = None
+
+    def offload_blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        if self.offload is None or not recurse:
+            return super()._apply(fn, recurse)  # type: ignore[misc]
+        return self.offload.apply(self.offload_blocks(), fn,
+                                  lambda: super(OffloadsBlocks, self)._apply(fn, recurse))  # type: ignore[misc]
+
+
 def run_block(owner: nn.Module, block: nn.Module, checkpointed: bool, offload: BlockOffload | None,
               device: torch.device, *args: torch.Tensor) -> Any:
     """One transformer block: under gradient checkpointing when `checkpointed`, its frozen
