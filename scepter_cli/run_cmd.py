@@ -48,7 +48,8 @@ def train(cfg: str = typer.Option(..., '--cfg', '-c', help='Recipe file (YAML or
       [cyan]torchrun --nproc_per_node 4 -m scepter_cli train --cfg recipe.yaml --launcher torchrun[/cyan]
     """
     import contextlib
-    from scepter_core.launch import is_first_process, launch
+    from scepter_core.launch import launch
+    from scepter_core.processes import is_first_process
     from scepter_core.solvers.lock import work_dir_lock
     config = _prepare(cfg, overrides, imports, work_dir, launcher)
     if resume:

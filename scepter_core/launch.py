@@ -34,6 +34,7 @@ from .config import Config
 from .dist import init_process_group, leave_process_group, uses_cuda
 from .errors import ConfigError, ScepterError
 from .imports import LOADED, import_user_code
+from .processes import die_with_parent
 from .solvers.interrupt import Interrupted
 from .worker import run_worker
 
@@ -98,14 +99,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
-
-
-def die_with_parent() -> None:
-    """SIGKILL this worker when the launching process dies, however it dies (Linux), so a
-    killed job never leaves workers behind."""
-    if sys.platform.startswith('linux'):
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
 
 
 def _spawned(local_rank: int, cfg: Config, fn: Callable[[Config], Any], nprocs: int, node_rank: int,
@@ -214,13 +207,6 @@ def _forward(context: Any, received: list[int], signum: int, frame: Any) -> None
 
 
 # ---- entry ----------------------------------------------------------------------------------------
-def is_first_process() -> bool:
-    """False in workers of rank > 0 that torchrun or Lightning started (each runs the whole
-    command) and on spawn nodes other than node 0: run-level files such as
-    WORK_DIR/config.yaml are written once."""
-    return int(os.environ.get('LOCAL_RANK', 0)) == 0 and int(os.environ.get('RANK', 0)) == 0
-
-
 def launch(cfg: Config, mode: str = 'train', fn: Callable[[Config], Any] | None = None) -> Any:
     """Start the workers cfg.ENV asks for and run `fn(cfg)` in each (default: build
     cfg.SOLVER and solve in `mode`). Returns fn's result when it ran in this process."""

@@ -120,7 +120,7 @@ def run_lightning(cfg: Config) -> Any:
                          enable_model_summary=False, max_epochs=-1, max_steps=-1, use_distributed_sampler=False,
                          num_sanity_val_steps=0, limit_val_batches=0)
     module = SolverModule(cfg)
-    from .launch import is_first_process
+    from .processes import is_first_process
     from .solvers.interrupt import Interrupted
     first = _join_first_process()
     try:
@@ -146,7 +146,7 @@ def _join_first_process() -> bool:
         os.environ[_FIRST_PID] = str(os.getpid())
         return True
     if hasattr(os, 'setpgrp'):
-        from .launch import die_with_parent
+        from .processes import die_with_parent
         os.setpgrp()
         die_with_parent()
     return False
