@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import typer
@@ -121,7 +122,11 @@ def _report(e: Exception) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    if code in (130, 143):  # stopped on a signal, its checkpoint written: the process ends, and a late
+        for s in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C must not kill it (-2) or print a traceback
+            signal.signal(s, signal.SIG_IGN)       # during interpreter shutdown
+    sys.exit(code)
 
 
 if __name__ == '__main__':

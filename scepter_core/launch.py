@@ -173,7 +173,8 @@ def _run_spawn(cfg: Config, fn: Callable[[Config], Any]) -> Any:
     with tempfile.TemporaryDirectory(prefix='scepter-workers-') as report_dir:
         context = mp.start_processes(_spawned, nprocs=nprocs, join=False, start_method='spawn',
                                      args=(cfg, fn, nprocs, node_rank, nnodes, report_dir, list(LOADED)))
-        forward = functools.partial(_forward, context, [])
+        received: list[int] = []
+        forward = functools.partial(_forward, context, received)
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not context.join():
@@ -186,8 +187,8 @@ def _run_spawn(cfg: Config, fn: Callable[[Config], Any]) -> Any:
             raise WorkerError(f'worker rank {node_rank * nprocs + i} {message}; the other workers were stopped',
                               code) from e
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            for s, handler in previous.items():  # stopping on a signal: the workers are done, a late one is ignored
+                signal.signal(s, signal.SIG_IGN if received else handler)
     return None
 
 

@@ -124,8 +124,14 @@ def run_lightning(cfg: Config) -> Any:
     from .solvers.interrupt import Interrupted
     first = _join_first_process()
     try:
-        trainer.fit(module)
+        try:
+            trainer.fit(module)
+        except KeyboardInterrupt as e:  # a late signal while Lightning's teardown had put back the default handler
+            if isinstance(e.__context__, Interrupted):
+                raise e.__context__ from None
+            raise
     except Interrupted:
+        module._stop.settle()  # Lightning's teardown put back the handlers from before fit
         if is_first_process():
             raise
         return None  # rank 0 reports the stop; a failing exit here would make Lightning kill it

@@ -290,7 +290,10 @@ class BaseSolver(BaseObject):
         """At a step end: when a signal reached any rank, all of them checkpoint and stop here."""
         signum = stop.requested() if self.state.is_step_end else 0
         if signum:
-            self.stop_on_signal(signum)
+            try:
+                self.stop_on_signal(signum)
+            finally:
+                stop.settle()
 
     def stop_on_signal(self, signum: int) -> None:
         """Write a checkpoint of the step just finished and stop (a signal asked to)."""

@@ -32,6 +32,7 @@ class StopRequest:
     def __init__(self, logger: logging.Logger):
         self.logger = logger
         self.signum = 0
+        self.settled = False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
@@ -47,8 +48,19 @@ class StopRequest:
             signal.signal(s, handler)
         self._previous = {}
 
+    def settle(self) -> None:
+        """The stop's checkpoint is written: later signals are ignored, the exit is under way and
+        nothing is left to wait for (also after a library put back the handlers it found, as
+        Lightning does when fit ends)."""
+        self.settled = True
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNALS:
+                signal.signal(s, self._handle)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if self.settled:
+            return
         if self.signum:  # the second one: no waiting for the step or the checkpoint
             sys.stderr.write(f'error: {name} again: stopped at once, without a checkpoint of this step\n')
             sys.stderr.flush()
