@@ -29,11 +29,23 @@ fi
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
+# One pytest-xdist worker per core (at most 4; TEST_WORKERS=1 runs in this process), each with
+# its share of the cores as torch threads: most of the suite's time is processes starting
+# torch and small models, which one thread each covers. A test file stays on one worker (its
+# module fixtures are built once).
+cores=$(nproc 2>/dev/null || echo 1)
+workers="${TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}"
+parallel=()
+if [ "$workers" -gt 1 ]; then
+  parallel=(-n "$workers" --dist loadfile)
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( cores / workers > 0 ? cores / workers : 1 ))}"
+fi
+
 # Arguments (paths, -k ...) replace the default `tests`. `-o addopts=` so that an ini `-q`
 # does not hide pytest's closing summary line.
 if [ "$#" -eq 0 ]; then set -- tests; fi
 status=0
-"$PYTHON" -m pytest -q -o addopts= "$@" || status=$?
+"$PYTHON" -m pytest -q -o addopts= "${parallel[@]}" "$@" || status=$?
 if [ "$status" -eq 5 ]; then
   echo "scripts/test.sh: pytest collected no tests" >&2
   exit 1

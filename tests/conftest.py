@@ -1,7 +1,9 @@
 """Shared fixtures. Tests never reach a model hub."""
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
@@ -9,6 +11,27 @@ os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 import pytest  # noqa: E402
+
+
+def pytest_configure(config) -> None:
+    if not hasattr(config, 'workerinput'):  # a plain run, or pytest-xdist's controller: its workers inherit it
+        fd, path = tempfile.mkstemp(prefix='scepter-attack-', suffix='.jsonl')
+        os.close(fd)
+        os.environ['SCEPTER_ATTACK_TALLY'] = path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """The attack corpus' line (tests/attack/harness.py), summed over every worker's cases."""
+    path = os.environ.get('SCEPTER_ATTACK_TALLY', '')
+    if hasattr(config, 'workerinput') or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        cases = [json.loads(line) for line in f if line.strip()]
+    os.remove(path)
+    if cases:
+        terminalreporter.write_line(
+            f"attack: {len(cases)} cases, {sum(c['traceback'] for c in cases)} tracebacks, "
+            f"{sum(c['lost'] for c in cases)} lost, {sum(c['executed'] for c in cases)} executed")
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,9 @@
 """The attack corpus' one way to run a case and judge it.
 
 Every case runs the real `scepter` command in a fresh process and is judged on the same four
-counts, summed by conftest.py into one line: `attack: N cases, T tracebacks, L lost, E executed`.
+counts, summed by tests/conftest.py into one line: `attack: N cases, T tracebacks, L lost, E
+executed` (each case is appended to the run's tally file, so the line also sums the cases of
+every pytest-xdist worker).
 - traceback: a Python traceback printed without `--debug`;
 - lost: what existed before (a checkpoint, a dataset) no longer loads after the attack;
 - executed: code from an attacker's file ran (a canary file appeared);
@@ -9,17 +11,18 @@ counts, summed by conftest.py into one line: `attack: N cases, T tracebacks, L l
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@dataclass
+@dataclasses.dataclass
 class Outcome:
     name: str
     rc: int
@@ -29,6 +32,13 @@ class Outcome:
 
 
 RESULTS: list[Outcome] = []
+
+
+def _tally(outcome: Outcome) -> None:
+    path = os.environ.get('SCEPTER_ATTACK_TALLY')
+    if path:
+        with open(path, 'a') as f:
+            f.write(json.dumps(dataclasses.asdict(outcome)) + '\n')
 
 
 def canary(folder: Path, name: str = 'payload') -> tuple[str, Path]:
@@ -83,6 +93,7 @@ def judge(name: str, proc: subprocess.CompletedProcess, *, names: Iterable[str] 
     outcome = Outcome(name, proc.returncode, 'Traceback (most recent call last)' in text,
                       intact is not None and not intact(), any(Path(m).exists() for m in markers))
     RESULTS.append(outcome)
+    _tally(outcome)
     assert not outcome.traceback, f'{name}: traceback without --debug\n{text[-3000:]}'
     assert not outcome.executed, f'{name}: code from the attacker ran'
     assert not outcome.lost, f'{name}: what existed before was lost'
