@@ -44,7 +44,7 @@ fi
 # does not hide pytest's closing summary line.
 if [ "$#" -eq 0 ]; then set -- tests; fi
 status=0
-"$PYTHON" -m pytest -q -o addopts= "${parallel[@]}" "$@" || status=$?
+"$PYTHON" -m pytest -q -o addopts= ${parallel[@]+"${parallel[@]}"} "$@" || status=$?
 if [ "$status" -eq 5 ]; then
   echo "scripts/test.sh: pytest collected no tests" >&2
   exit 1
