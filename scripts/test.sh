@@ -29,11 +29,12 @@ fi
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-# TEST_WORKERS=N: N pytest-xdist workers, each with its share of the cores as torch threads,
-# a test file kept on one worker. Off by default: under parallel load the CPU probe of each
-# run can pick other paths than its resumed twin, and the bit-exact resume tests then differ.
+# One pytest-xdist worker per core (at most 4; TEST_WORKERS=1 runs in this process), each with
+# its share of the cores as torch threads; a test file stays on one worker (its module fixtures
+# are built once). The CPU probe is taken once for the session (tests/conftest.py), so that no
+# run's GEMM path depends on the load the other worker puts on the machine.
 cores=$(nproc 2>/dev/null || echo 1)
-workers="${TEST_WORKERS:-1}"
+workers="${TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}"
 parallel=()
 if [ "$workers" -gt 1 ]; then
   parallel=(-n "$workers" --dist loadfile)

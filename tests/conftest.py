@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
@@ -18,6 +20,33 @@ def pytest_configure(config) -> None:
         fd, path = tempfile.mkstemp(prefix='scepter-attack-', suffix='.jsonl')
         os.close(fd)
         os.environ['SCEPTER_ATTACK_TALLY'] = path
+        _probe_once()
+
+
+PROBE = 'cpu_probe.json'
+
+
+def _probe_once() -> None:
+    """A cache for the session holding the CPU probe (accel/gemm.py) taken once, here, before any
+    test loads the machine: each test's own cache starts from a copy. Probed per test, a timing
+    taken under another test's (or worker's) load could pick another GEMM path in a run than in
+    the run a test compares it with bit for bit."""
+    root = tempfile.mkdtemp(prefix='scepter-test-cache-')
+    os.environ['SCEPTER_CACHE'] = root
+    import torch
+    from scepter_core.accel import gemm
+    before = torch.get_num_threads()
+    for threads in sorted({1, 2, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        gemm.probe_speedup(threads)
+    torch.set_num_threads(before)
+    gemm.probe_speedup.cache_clear()
+
+
+def pytest_unconfigure(config) -> None:
+    root = os.environ.get('SCEPTER_CACHE', '')
+    if not hasattr(config, 'workerinput') and Path(root).name.startswith('scepter-test-cache-'):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
@@ -38,6 +67,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test gets its own scepter cache and mirror so nothing leaks between tests."""
     root = tmp_path_factory.mktemp('scepter_cache')
+    session_probe = Path(os.environ.get('SCEPTER_CACHE', '')) / PROBE
+    if session_probe.is_file():
+        shutil.copy(session_probe, root / PROBE)
     monkeypatch.setenv('SCEPTER_CACHE', str(root))
     monkeypatch.setenv('SCEPTER_MIRROR', str(root / 'mirror'))
     yield
