@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,19 +47,26 @@ class RunManager:
         self.runs_dir = runs_dir
         self.stop_timeout = stop_timeout
         self._procs: dict[str, subprocess.Popen] = {}
+        # Gradio serves each request on its own thread: a page polling the runs table must not
+        # record 'failed' for a run that stop() is ending, nor write the record beside it.
+        self._lock = threading.RLock()
+        self._stopping: set[str] = set()
 
     # ---- records -------------------------------------------------------------------------
     def _save(self, run: Run) -> None:
         run.dir.mkdir(parents=True, exist_ok=True)
-        tmp = run.dir / (RUN_FILE + '.tmp')
+        tmp = run.dir / f'{RUN_FILE}.{os.getpid()}.{threading.get_ident()}.tmp'
         tmp.write_text(json.dumps(asdict(run), indent=1))
         os.replace(tmp, run.dir / RUN_FILE)
 
     def get(self, name: str) -> Run:
+        return self._refresh(self._load(name))
+
+    def _load(self, name: str) -> Run:
         file = self.runs_dir / name / RUN_FILE
         if not _NAME.match(name or '') or not file.is_file():
             raise StudioError(f"run '{name}': no such run in {self.runs_dir}")
-        return self._refresh(Run(**json.loads(file.read_text())))
+        return Run(**json.loads(file.read_text()))
 
     def list(self) -> list[Run]:
         if not self.runs_dir.is_dir():
@@ -70,19 +78,23 @@ class RunManager:
         """Update a running record from its process (ours, or one a previous Studio started)."""
         if run.state != 'running':
             return run
-        proc = self._procs.get(run.name)
-        if proc is not None:
-            rc = proc.poll()
-            if rc is None:
+        with self._lock:
+            run = self._load(run.name)  # as it is now: another request may have ended it meanwhile
+            if run.state != 'running' or run.name in self._stopping:  # stop() records how it ended
                 return run
-        elif run.pid and _alive(run.pid):
-            return run
-        else:
-            rc = None  # started by an earlier Studio and gone: its exit status is unknown
-        run.returncode = rc
-        run.state = 'finished' if rc == 0 else 'failed'
-        self._procs.pop(run.name, None)
-        self._save(run)
+            proc = self._procs.get(run.name)
+            if proc is not None:
+                rc = proc.poll()
+                if rc is None:
+                    return run
+            elif run.pid and _alive(run.pid):
+                return run
+            else:
+                rc = None  # started by an earlier Studio and gone: its exit status is unknown
+            run.returncode = rc
+            run.state = 'finished' if rc == 0 else 'failed'
+            self._procs.pop(run.name, None)
+            self._save(run)
         return run
 
     # ---- processes -----------------------------------------------------------------------
@@ -118,19 +130,27 @@ class RunManager:
     def stop(self, name: str) -> Run:
         """SIGINT to the run's process group, SIGTERM after stop_timeout, SIGKILL after as long
         again. Checkpoints are written atomically, so the last one stays loadable."""
-        run = self.get(name)
-        if run.state != 'running' or not run.pid:
-            raise StudioError(f"run '{name}' is not running ({run.state})")
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(run.pid, sig)
-            except ProcessLookupError:
-                break
-            if self._wait(run, self.stop_timeout):
-                break
-        run.state, run.returncode = 'stopped', self._returncode(run)
-        self._procs.pop(name, None)
-        self._save(run)
+        with self._lock:
+            run = self.get(name)
+            if run.state != 'running' or not run.pid:
+                raise StudioError(f"run '{name}' is not running ({run.state})")
+            if name in self._stopping:
+                raise StudioError(f"run '{name}' is being stopped already")
+            self._stopping.add(name)
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(run.pid, sig)
+                except ProcessLookupError:
+                    break
+                if self._wait(run, self.stop_timeout):
+                    break
+            with self._lock:
+                run.state, run.returncode = 'stopped', self._returncode(run)
+                self._procs.pop(name, None)
+                self._save(run)
+        finally:
+            self._stopping.discard(name)
         return run
 
     def _wait(self, run: Run, timeout: float) -> bool:
