@@ -149,8 +149,14 @@ def autocast_on() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def plain_fp32_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
+    """Whether oneDNN's fp32 kernels may take this product. A tensor subclass (torchao's int8 or
+    fp8 weights report float32 as their dtype) has no oneDNN kernel: it keeps its own dispatch."""
+    return (type(x) in _PLAIN and type(weight) in _PLAIN
+            and x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not autocast_on() and not torch.compiler.is_compiling())
 
 

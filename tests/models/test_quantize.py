@@ -98,3 +98,28 @@ def test_low_memory_optimizers_step(name):
     assert proc.returncode == 0, proc.stderr[-2000:]
     first, last = (float(v) for v in proc.stdout.split()[-2:])
     assert last < first
+
+
+def test_int8_weights_keep_their_own_kernels_when_onednn_takes_the_float_linears(monkeypatch):
+    """CI picked oneDNN on an Intel Xeon and sent torchao's Int8Tensor (dtype float32) into oneDNN's
+    fp32 op, which has no kernel for it: the int8 layers must keep torchao's dispatch while the
+    float ones (the LoRA adapters) may take oneDNN."""
+    from scepter_core.accel import apply, gemm
+    monkeypatch.setattr(gemm, 'MIN_MACS', 0)
+    monkeypatch.setattr(gemm, 'MIN_MACS_GRAD', 0)
+    torch.manual_seed(0)
+    model = Flux(TINY)
+    model.requires_grad_(False)
+    quantize_frozen(model, 'int8')
+    model = apply(apply_tuners(model, [LORA]), 'train')
+    x, t, cond = _inputs()
+    outputs, grads = {}, {}
+    for choice in ('aten', 'onednn'):
+        monkeypatch.setenv(gemm.ENV, choice)
+        model.zero_grad()
+        out = model(x, t, cond)
+        out.square().mean().backward()
+        outputs[choice] = out.detach()
+        grads[choice] = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    assert torch.allclose(outputs['onednn'], outputs['aten'], rtol=1e-4, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(grads['onednn'], grads['aten']))

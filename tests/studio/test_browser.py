@@ -1,6 +1,6 @@
 """The Studio in a real headless Chromium: generate an image and see it in the gallery, train
 a tiny run and watch its loss curve and probe grid appear, edit a caption and find it on disk.
-Each tab's screenshot goes to docs/images/studio_*.png (the README shows them)."""
+Each tab's screenshot goes to $SCEPTER_SHOTS/studio_*.png (docs/images for the README)."""
 from __future__ import annotations
 
 import time
