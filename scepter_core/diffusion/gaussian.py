@@ -15,6 +15,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..registry import DIFFUSIONS, NOISE_SCHEDULES
 from .denoiser import Denoiser, log_sigmas_of, sigma_to_t, t_to_sigma
+from .flow_schedules import shift_sigmas
 from .guidance import guided_model
 from .losses import LOSS_TYPES, elementwise_loss, min_snr_weight
 from .parameterization import VP_PREDICTION_TYPES, convert, velocity
@@ -52,12 +53,19 @@ class GaussianDiffusion(SamplingMixin, BaseObject):
         'INPUT_PERTURBATION': {'value': 0.0, 'description': 'Std of extra noise added to the network input '
                                                             'only (Ning et al. 2023); the target keeps the '
                                                             'original noise.'},
+        'TIMESTEP_SHIFT': {'value': 1.0, 'description': 'Training timesteps t = floor(T * shift(u)), u uniform, '
+                                                        "with SD3's shift s u / (1 + (s - 1) u): above 1 more "
+                                                        'steps at high noise, where layout and colour are '
+                                                        'decided; 1 is uniform.'},
     }
 
     def __init__(self, cfg: Config | dict | None = None, logger: Any = None):
         super().__init__(cfg, logger)
         if self.cfg.TIMESTEPS < 2:
             raise ConfigError(f"'{self.cfg.path or 'DIFFUSION'}.TIMESTEPS': need at least 2, got {self.cfg.TIMESTEPS}")
+        if not self.cfg.TIMESTEP_SHIFT > 0:
+            raise ConfigError(f"'{self.cfg.path or 'DIFFUSION'}.TIMESTEP_SHIFT': expected a positive number, "
+                              f"got {self.cfg.TIMESTEP_SHIFT}")
         schedule = NOISE_SCHEDULES.build(self.cfg.SCHEDULE, logger=self.logger)
         abar = schedule.alphas_cumprod(self.cfg.TIMESTEPS).double()
         if self.cfg.ZERO_TERMINAL_SNR:
@@ -103,8 +111,12 @@ class GaussianDiffusion(SamplingMixin, BaseObject):
         return sigma_to_t(torch.as_tensor(sigma).cpu(), self.log_sigmas)
 
     def sample_t(self, batch: int, device: torch.device | str = 'cpu') -> torch.Tensor:
-        """Training timesteps, uniform over 0 .. T-1 (long [batch])."""
-        return torch.randint(0, self.num_timesteps, (batch,), device=device).long()
+        """Training timesteps over 0 .. T-1 (long [batch]): uniform, or shifted (TIMESTEP_SHIFT)."""
+        shift = float(self.cfg.TIMESTEP_SHIFT)
+        if shift == 1.0:  # the uniform draw as before, so that unshifted runs keep their random stream
+            return torch.randint(0, self.num_timesteps, (batch,), device=device).long()
+        u = shift_sigmas(torch.rand(batch, device=device, dtype=torch.float64), shift)
+        return (u * self.num_timesteps).long().clamp_(max=self.num_timesteps - 1)
 
     # ---- the forward process and conversions ------------------------------------------
     def diffuse(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:

@@ -154,3 +154,33 @@ def test_training_loss_decreases_on_a_toy_problem(make_diffusion):
         opt.step()
     after = evaluate()
     assert after < 0.5 * before, (before, after)
+
+
+def test_unshifted_timesteps_are_the_uniform_draw_as_before():
+    diffusion = DIFFUSIONS.build({'NAME': 'GaussianDiffusion'})
+    torch.manual_seed(3)
+    ours = diffusion.sample_t(1000)
+    torch.manual_seed(3)
+    assert torch.equal(ours, torch.randint(0, 1000, (1000,)))  # same random stream: old runs resume
+
+
+@pytest.mark.parametrize('shift', [0.5, 1.5, 3.0])
+def test_shifted_timesteps_follow_the_shifted_density(shift):
+    T, n = 1000, 200_000
+    diffusion = DIFFUSIONS.build({'NAME': 'GaussianDiffusion', 'TIMESTEPS': T, 'TIMESTEP_SHIFT': shift})
+    torch.manual_seed(0)
+    t = diffusion.sample_t(n)
+    assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) <= T - 1
+    # t <= k  <=>  shift(u) < (k + 1) / T  <=>  u < x / (shift - (shift - 1) x) with x = (k + 1) / T
+    k = np.array([99, 249, 499, 749, 899])
+    x = (k + 1) / T
+    expected = x / (shift - (shift - 1) * x)
+    measured = np.array([(t <= int(kk)).double().mean().item() for kk in k])
+    np.testing.assert_allclose(measured, expected, atol=0.005)  # ~4.5 standard errors at n = 200k
+    assert (float(t.double().median()) > T / 2) == (shift > 1)
+
+
+@pytest.mark.parametrize('bad', [0, -1.0])
+def test_timestep_shift_must_be_positive(bad):
+    with pytest.raises(ConfigError, match='TIMESTEP_SHIFT'):
+        DIFFUSIONS.build({'NAME': 'GaussianDiffusion', 'TIMESTEP_SHIFT': bad})
