@@ -34,7 +34,7 @@ def evaluate(base: list[str], tuner: str | None, shapes: list[str], holdout: lis
     overrides = base + [f'SOLVER.WORK_DIR={out}', f'SOLVER.TUNER={tuner or "null"}',
                         f'SOLVER.TEST_DATA.SHAPES={json.dumps(shapes)}',
                         f'SOLVER.TEST_DATA.HOLDOUT={json.dumps(holdout)}', 'SOLVER.METRICS=[{NAME: PromptAdherence}]']
-    return run_worker(Config.load(RECIPE, overrides), mode='test').metric_values
+    return run_worker(Config.load(RECIPE, overrides), mode='test').state.metric_values
 
 
 def main() -> None:
