@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from fixtures import SCEPTER_RECIPES
 from harness import ROOT, canary, cli, cli_many, judge
 
-TUNED = '/work/shared/scepter-recipes/stable_diffusion_1.5_512_lora.yaml'
+TUNED = SCEPTER_RECIPES / 'stable_diffusion_1.5_512_lora.yaml'
 BILLION_LAUGHS = ''.join(['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'] +
                          [f'{x}: &{x} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n'
                           for p, x in zip('abcdefgh', 'bcdefghi')])

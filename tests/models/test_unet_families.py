@@ -10,13 +10,12 @@ import torch
 import yaml
 from tiny_sd import assert_same_layout, build
 
+from fixtures import SCEPTER_RECIPES as RECIPES
+
 from scepter_core.convert import diffusers_unet_config, unet_cfg_from_diffusers, unet_keymap
 from scepter_core.models.backbones.unet_blocks import TimestepEmbedding
 from scepter_core.registry import BACKBONES
 
-# /work/shared beside the main checkout (tests/../..) or beside a worktree's parent folder.
-RECIPES = next((p / 'shared' / 'scepter-recipes' for p in Path(__file__).resolve().parents[2:5]
-                if (p / 'shared' / 'scepter-recipes').is_dir()), Path('shared/scepter-recipes'))
 _COMMON = {'act_fn': 'silu', 'center_input_sample': False, 'flip_sin_to_cos': True, 'freq_shift': 0,
            'in_channels': 4, 'out_channels': 4, 'layers_per_block': 2, 'norm_eps': 1e-05, 'norm_num_groups': 32,
            'downsample_padding': 1, 'mid_block_scale_factor': 1, 'use_linear_projection': True}
