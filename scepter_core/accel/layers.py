@@ -100,19 +100,19 @@ class Conv2d(nn.Conv2d):
         if (not packing.in_scope() or self.padding_mode != 'zeros' or isinstance(self.padding, str) or x.dim() != 4
                 or needs_grad(x, w, self.bias) or not plain_fp32_cpu(x, w)
                 or w.numel() * 4 > packing.pack_limit_bytes() or not packing.can_pack()):
-            packing.PACKED.pop(self, None)
+            packing.packs().pop(self, None)
             return None
         # Repacked when the weight is replaced or written in place (as far as its version
         # counter tells), or the input shape / layout changes (the format is chosen for it).
         # Inference tensors (FSDP gathers weights under inference_mode) keep no counter.
         version = -1 if w.is_inference() else w._version
         key = (w.data_ptr(), version, tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last))
-        cached = packing.PACKED.get(self)
+        cached = packing.packs().get(self)
         if cached is None or cached[0] != key or cached[1]() is not w:
             with torch.no_grad():
                 packed = torch.ops.mkldnn._reorder_convolution_weight(
                     w, *self._geometry(), list(x.shape))
-            cached = packing.PACKED[self] = (key, weakref.ref(w), packed)
+            cached = packing.packs()[self] = (key, weakref.ref(w), packed)
         return cached[2]
 
 

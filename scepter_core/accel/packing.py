@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 import weakref
 from typing import Any, Iterator
 
@@ -29,27 +30,42 @@ from .gemm import autocast_on
 
 PACK_ENV, PACK_LIMIT_MB = 'SCEPTER_CPU_PACK_LIMIT_MB', 4.0
 
-# module -> (key, weight ref, packed weight); outside the module so copies and pickles never
-# carry it. Filled only inside packed_weights().
-PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_SCOPES = [0]
+
+class _ThreadState(threading.local):
+    """Per thread, as autocast and grad mode are: a sampler running in one thread (the Studio's)
+    must not make another thread's training see constant weights and take other kernels."""
+
+    def __init__(self) -> None:
+        self.scopes = 0
+        # module -> (key, weight ref, packed weight); outside the module so copies and pickles
+        # never carry it. Filled only inside packed_weights().
+        self.packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.relaid: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> stack of bools
+
+
+_THREAD = _ThreadState()
+
+
+def packs() -> weakref.WeakKeyDictionary:
+    """This thread's packed weights (module -> (key, weight ref, packed weight))."""
+    return _THREAD.packed
 
 
 @contextlib.contextmanager
 def packed_weights() -> Iterator[None]:
-    """Within this scope convolution weights count as constant and may be packed (module doc);
-    usable as a decorator. Nested scopes share the packs; the outermost one drops them."""
-    _SCOPES[0] += 1
+    """Within this scope (in this thread) convolution weights count as constant and may be packed
+    (module doc); usable as a decorator. Nested scopes share the packs; the outermost one drops them."""
+    _THREAD.scopes += 1
     try:
         yield
     finally:
-        _SCOPES[0] -= 1
-        if not _SCOPES[0]:
-            PACKED.clear()
+        _THREAD.scopes -= 1
+        if not _THREAD.scopes:
+            _THREAD.packed.clear()
 
 
 def in_scope() -> bool:
-    return _SCOPES[0] > 0
+    return _THREAD.scopes > 0
 
 
 def pack_limit_bytes() -> float:
@@ -80,7 +96,7 @@ def can_pack() -> bool:
 def inference_layout(x: torch.Tensor) -> torch.memory_format:
     """The memory format a network should run `x` in: channels_last where its convolutions
     will use packed weights (oneDNN answers in it, so no layout changes between layers)."""
-    packs = (_SCOPES[0] > 0 and not torch.is_grad_enabled() and x.device.type == 'cpu'
+    packs = (in_scope() and not torch.is_grad_enabled() and x.device.type == 'cpu'
              and x.dtype == torch.float32 and not autocast_on() and not torch.compiler.is_compiling()
              and pack_limit_bytes() > 0 and can_pack())
     return torch.channels_last if packs else torch.contiguous_format
@@ -96,14 +112,15 @@ def _to_layout(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dic
     x = args[0] if args else None
     relaid = isinstance(x, torch.Tensor) and x.dim() == 4 and inference_layout(x) is torch.channels_last \
         and not is_channels_last(x)
-    module._accel_relaid.append(relaid)
+    _THREAD.relaid.setdefault(module, []).append(relaid)
     if relaid:
         return (x.contiguous(memory_format=torch.channels_last), *args[1:]), kwargs
     return None
 
 
 def _back_to_nchw(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-    relaid = module._accel_relaid.pop() if module._accel_relaid else False
+    stack = _THREAD.relaid.get(module)
+    relaid = stack.pop() if stack else False
     if relaid and isinstance(output, torch.Tensor):
         return output.contiguous()  # NCHW for callers, whatever layout the last convolution used
     return output
@@ -111,9 +128,9 @@ def _back_to_nchw(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> 
 
 def attach_layout_hooks(module: nn.Module) -> bool:
     """Make `module` run channels_last inside `packed_weights()` (module doc); False if it already does."""
-    if hasattr(module, '_accel_relaid'):
+    if getattr(module, '_accel_layout', False):
         return False
-    module._accel_relaid = []
+    module._accel_layout = True
     module.register_forward_pre_hook(_to_layout, with_kwargs=True)
     module.register_forward_hook(_back_to_nchw, with_kwargs=True, always_call=True)
     module.constant_weights = packed_weights

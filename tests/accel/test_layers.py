@@ -3,6 +3,7 @@ nn.Linear / nn.Conv2d, used only where they should be."""
 from __future__ import annotations
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -11,8 +12,7 @@ from torch import nn
 from scepter_core.accel import gemm, packing
 from scepter_core.accel.gemm import linear
 from scepter_core.accel.layers import SWAPS, Conv2d, Linear, swap_classes
-from scepter_core.accel.packing import PACKED as _PACKED
-from scepter_core.accel.packing import packed_weights
+from scepter_core.accel.packing import attach_layout_hooks, packed_weights, packs
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='torch built without oneDNN')
 
@@ -169,7 +169,7 @@ def test_packed_conv_matches_eager(kw, channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), packed_weights():
         out = conv(x)
-        assert conv in _PACKED  # the packed path ran
+        assert conv in packs()  # the packed path ran
         assert (out - ref(x)).abs().max() < 1e-5
         assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
 
@@ -199,21 +199,21 @@ def test_packs_an_inference_tensor_weight():
         x = torch.randn(2, 8, 5, 5)
         with packed_weights():
             assert conv.weight.is_inference()
-            assert (conv(x) - ref(x)).abs().max() < 1e-5 and conv in _PACKED
+            assert (conv(x) - ref(x)).abs().max() < 1e-5 and conv in packs()
 
 
 def test_training_and_limits_skip_packing(monkeypatch):
     conv = Conv2d(8, 8, 3, padding=1)
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
     conv(x).sum().backward()  # gradients wanted: eager convolution
-    assert conv not in _PACKED and conv.weight.grad is not None and x.grad is not None
+    assert conv not in packs() and conv.weight.grad is not None and x.grad is not None
     with torch.no_grad():
         conv(x)  # outside packed_weights(): eager
-    assert conv not in _PACKED
+    assert conv not in packs()
     monkeypatch.setenv(packing.PACK_ENV, '0')
     with torch.no_grad(), packed_weights():
         conv(x)
-        assert conv not in _PACKED
+        assert conv not in packs()
     monkeypatch.setenv(packing.PACK_ENV, 'lots')
     with pytest.raises(ValueError, match='SCEPTER_CPU_PACK_LIMIT_MB'), torch.no_grad(), packed_weights():
         conv(x)
@@ -230,6 +230,39 @@ def test_copies_do_not_share_the_packed_weight():
         assert torch.allclose(twin(x), twin.bias[:, None, None].expand(1, 4, 5, 5))
 
 
+def test_a_scope_in_another_thread_changes_nothing_here():
+    """A sampler in one thread (the Studio's) holds packed_weights() while another thread trains:
+    the trainer's frozen parts (VAE, under no_grad) must keep eager kernels and NCHW."""
+    torch.manual_seed(3)
+    net = nn.Sequential(Conv2d(8, 8, 3, padding=1))
+    assert attach_layout_hooks(net)
+    x = torch.randn(2, 8, 6, 6)
+    entered, release = threading.Event(), threading.Event()
+    seen = {}
+
+    def sampler() -> None:
+        with torch.no_grad(), packed_weights():
+            seen['layout'] = packing.inference_layout(x)
+            net(x)
+            seen['packed'] = net[0] in packs()
+            entered.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=sampler)
+    thread.start()
+    try:
+        assert entered.wait(60)
+        assert seen == {'layout': torch.channels_last, 'packed': True}  # the sampler's thread packs
+        with torch.no_grad():
+            assert not packing.in_scope() and packing.inference_layout(x) is torch.contiguous_format
+            out = net(x)
+            assert net[0] not in packs() and out.is_contiguous()
+            assert torch.equal(out, nn.functional.conv2d(x, net[0].weight, net[0].bias, padding=1))
+    finally:
+        release.set()
+        thread.join()
+
+
 def test_scope_ends_drop_packs_so_training_updates_are_seen():
     """Fused AdamW writes weights without bumping their version: only the scope keeps packs fresh."""
     torch.manual_seed(2)
@@ -240,9 +273,9 @@ def test_scope_ends_drop_packs_so_training_updates_are_seen():
         with torch.no_grad(), packed_weights():
             with packed_weights():  # nested: the packs live until the outer scope ends
                 conv(x)
-            assert conv in _PACKED
+            assert conv in packs()
             assert (conv(x) - _twin(conv)(x)).abs().max() < 1e-5
-        assert conv not in _PACKED
+        assert conv not in packs()
         conv(x).square().mean().backward()
         opt.step()
 
