@@ -10,6 +10,11 @@ import random
 import numpy as np
 import torch
 
+# Scepter's own Python stream (caption dropout): seeded with the global ones and checkpointed
+# in their place. Another thread of the process (a web server's, a library's) may draw from
+# `random`'s global stream at any moment, and would then change a training run.
+PY_RNG = random.Random()
+
 
 class WorkEnv:
     """Process-wide facts. Ranks come from the launcher's environment variables."""
@@ -71,6 +76,7 @@ class WorkEnv:
         self.seed = self.seed if seed is None else int(seed)
         s = self.seed + (self.rank if per_rank else 0)
         random.seed(s)
+        PY_RNG.seed(s)  # the same stream `random.seed(s)` gives, kept to ourselves
         np.random.seed(s % (2 ** 32))
         torch.manual_seed(s)
         return s

@@ -1,12 +1,10 @@
 """ValLossHook: a deterministic validation loss (fixed samples, noise and timesteps)."""
 from __future__ import annotations
 
-import random
-
 import torch
 
 from ..data.collate import to_device
-from ..env import we
+from ..env import PY_RNG, we
 from ..registry import DATASETS, HOOKS
 from .base import PRIORITY, BaseHook, TrainLoop
 
@@ -52,17 +50,17 @@ class ValLossHook(BaseHook):
     def value(self, solver: TrainLoop) -> float:
         model = solver.unwrapped_model
         was_training = model.training
-        py_state = random.getstate()
+        py_state = PY_RNG.getstate()
         devices = [we.device] if we.device.type == 'cuda' else []
         losses = []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.SEED)
-            random.seed(self.cfg.SEED)
+            PY_RNG.seed(self.cfg.SEED)
             model.train()
             for batch in self._fixed_batches(solver):
                 with solver.autocast():
                     losses.append(float(model.forward_train(**to_device(batch, we.device))['loss']))
-        random.setstate(py_state)
+        PY_RNG.setstate(py_state)
         model.train(was_training)
         from ..dist import mean_over_ranks
         return mean_over_ranks(sum(losses) / len(losses))  # each rank holds its own shard

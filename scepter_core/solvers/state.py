@@ -18,7 +18,7 @@ import torch
 
 from ..checkpoint import LATEST, WEIGHTS, find_step_dir, fsync_dir, load_into, load_state_dict, save_state_dict
 from ..config import Config
-from ..env import we
+from ..env import PY_RNG, we
 from ..errors import CheckpointError
 from . import resume_guard as guard
 
@@ -34,7 +34,8 @@ def step_dir_name(step: int) -> str:
 
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
-    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
+    state = {'python': PY_RNG.getstate(),  # the stream training draws from (env.py)
+             'torch': torch.get_rng_state(),
              'numpy': (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])}
     if torch.cuda.is_available():
         state['cuda'] = torch.cuda.get_rng_state_all()
@@ -42,7 +43,9 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_tuples(state['python']))
+    python = _tuples(state['python'])
+    PY_RNG.setstate(python)
+    random.setstate(python)
     torch.set_rng_state(state['torch'])
     name, keys, *rest = state['numpy']
     np.random.set_state((name, keys.numpy(), *rest))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from models.tiny_sd import randomize
 from safetensors.torch import load_file
 
 from scepter_core.config import Config
+from scepter_core.env import PY_RNG
 from scepter_core.launch import run_worker
 from scepter_core.models.networks.latent_cache import LatentCache
 from scepter_core.registry import MODELS
@@ -44,7 +44,7 @@ def images(seed: int = 0, n: int = 4, size: int = 16) -> torch.Tensor:
 
 def train_loss(model: torch.nn.Module, x: torch.Tensor, seed: int = 5) -> torch.Tensor:
     torch.manual_seed(seed)
-    random.seed(seed)  # caption dropout
+    PY_RNG.seed(seed)  # caption dropout
     return model.forward_train(image=x, prompt=list(PROMPTS))['loss']
 
 

@@ -5,11 +5,11 @@ finds every row on disk runs neither encoder."""
 from __future__ import annotations
 
 import logging
-import random
 
 import torch
 from models.tiny_flow import tiny_flux_network
 
+from scepter_core.env import PY_RNG
 from scepter_core.models.networks.latent_cache import enable_latent_cache
 from scepter_core.registry import MODELS
 
@@ -30,7 +30,7 @@ def build(root, cache_dir=None, weights=None):
 
 
 def losses(model) -> list[float]:
-    random.seed(1)  # the caption dropout draws: the first caption is dropped
+    PY_RNG.seed(1)  # the caption dropout draws: the first caption is dropped
     torch.manual_seed(6)
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():

@@ -14,7 +14,7 @@ import torch
 
 from ...checkpoint import LoadReport, load_into, matches_any
 from ...config import Config
-from ...env import we
+from ...env import PY_RNG, we
 from ...errors import ScepterError
 from ...registry import BACKBONES, DIFFUSIONS, EMBEDDERS, LOSSES, MODELS, TOKENIZERS
 from ..base import TrainModule, weights_constant
@@ -226,7 +226,7 @@ class LatentDiffusion(TrainModule):
         t = self.diffusion.sample_t(x_start.shape[0], x_start.device)
         context = {}
         if prompt and self.cond_stage_model is not None:
-            prompt = [self.train_n_prompt if random.random() < self.p_zero else p for p in prompt]
+            prompt = [self.train_n_prompt if PY_RNG.random() < self.p_zero else p for p in prompt]
             size = image.shape[-2:] if image is not None else [d * self.size_factor for d in x_start.shape[-2:]]
             context = self.condition(prompt, kwargs, tuple(size), train=True)
         loss = self.diffusion.loss(x0=x_start, t=t, model=self.model, model_kwargs=self.model_inputs(context),
