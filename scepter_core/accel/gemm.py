@@ -58,7 +58,9 @@ def _best_time(fn: Callable[[], object], reps: int = 5) -> float:
 
 
 def cpu_signature() -> str:
-    """What makes one machine's probe valid on another: CPU model, its flags, cores, torch."""
+    """What makes one machine's probe valid on another: CPU model, its flags, cores, torch, and
+    the instruction set the kernels run (`ATEN_CPU_CAPABILITY` / `ONEDNN_MAX_CPU_ISA` cap it below
+    the CPU's, and the two sides' speeds change with it)."""
     model, flags = platform.machine(), ''
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
@@ -69,7 +71,10 @@ def cpu_signature() -> str:
                 flags = hashlib.sha1(value.strip().encode()).hexdigest()[:12]
     except OSError:
         pass
-    return f'{model}|{flags}|{os.cpu_count()}|torch {torch.__version__}'
+    isa = torch.backends.cpu.get_cpu_capability()
+    if os.environ.get('ONEDNN_MAX_CPU_ISA'):
+        isa += f' onednn {os.environ["ONEDNN_MAX_CPU_ISA"]}'
+    return f'{model}|{flags}|{os.cpu_count()}|torch {torch.__version__}|{isa}'
 
 
 def probe_cache_file() -> Path:

@@ -3,6 +3,9 @@ nn.Linear / nn.Conv2d, used only where they should be."""
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -145,6 +148,16 @@ def test_probe_decides_by_speed_once_per_machine(monkeypatch, tmp_path):
     assert gemm.backend() == 'aten'
     assert gemm.cpu_signature() in gemm.probe_cache_file().read_text()
     gemm.probe_speedup.cache_clear()
+
+
+def test_probe_is_kept_apart_for_kernels_capped_below_the_cpu():
+    """`bench/tiny_example.py --isa avx2` runs AVX2 kernels on an AVX-512 host: the speeds the
+    probe compares are others, so it must not reuse the host's own result."""
+    code = 'import torch; from scepter_core.accel import gemm; print(gemm.cpu_signature())'
+    env = {**os.environ, 'ATEN_CPU_CAPABILITY': 'avx2', 'ONEDNN_MAX_CPU_ISA': 'AVX2'}
+    capped = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                            check=True, timeout=300).stdout.strip()
+    assert capped.endswith(' onednn AVX2') and capped != gemm.cpu_signature()
 
 
 # ---- Conv2d ------------------------------------------------------------------------------------
