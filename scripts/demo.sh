@@ -11,6 +11,9 @@ if ! "$PYTHON" -c 'import torch' >/dev/null 2>&1; then
   "${PIP[@]}" 'torch==2.13.0'   # the CPU build; a plain `torch` pulls a multi-GB CUDA build
 fi
 "${PIP[@]}" -e .
+# The command of the Python just set up, not whichever `scepter` comes first on PATH
+# (PYTHON=venv/bin/python runs without the venv activated).
+scepter() { "$PYTHON" -m scepter_cli "$@"; }
 
 export TINY_WORK_DIR="${TINY_WORK_DIR:-./work_dirs}"
 start=$(date +%s)
