@@ -3,7 +3,6 @@ Scepter's recipe blocks and from diffusers' published config.json files; SDXL's 
 conditioning and levels without attention against diffusers on shared tiny weights."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from lora_helpers import ROUNDING_ATOL, TINY_MODEL, denoiser_output, lora_blocks, randomize_adapters
+from lora_helpers import ROUNDING_ATOL, TINY_MODEL, denoiser_output, lora_blocks
 from safetensors import safe_open
 
 from scepter_core.checkpoint import save_state_dict
