@@ -49,8 +49,7 @@ def main() -> None:
     ap.add_argument('--dry-run', action='store_true', help='print the commands only')
     args = ap.parse_args()
     work_dir = (ROOT / args.work_dir).resolve()
-    script = shutil.which('scepter')
-    exe = [script] if script else [sys.executable, '-m', 'scepter_cli']
+    exe = [sys.executable, '-m', 'scepter_cli']  # this Python's scepter, not whichever is first on PATH
     isa_env = ISA_ENV.get(args.isa or '', {})
     env = {**os.environ, **isa_env, 'TINY_WORK_DIR': str(work_dir)}
     plan = stages(work_dir, args.train_set, args.test_set)

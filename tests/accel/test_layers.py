@@ -157,7 +157,7 @@ def test_probe_is_kept_apart_for_kernels_capped_below_the_cpu():
     env = {**os.environ, 'ATEN_CPU_CAPABILITY': 'avx2', 'ONEDNN_MAX_CPU_ISA': 'AVX2'}
     capped = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
                             check=True, timeout=300).stdout.strip()
-    assert capped.endswith(' onednn AVX2') and capped != gemm.cpu_signature()
+    assert capped.endswith('|AVX2 onednn AVX2') and capped != gemm.cpu_signature()
 
 
 # ---- Conv2d ------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ x0 = mu + c z exactly, so a deterministic sampler must return mu + c * noise ele
 (up to its discretization error); the ideal network's velocity is (x_t - E[x0 | x_t]) / s."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
